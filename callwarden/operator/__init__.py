@@ -1,0 +1,1 @@
+"""The kopf operator: reconciles McpServer and ToolPolicy objects into bundles (Kubernetes only)."""
