@@ -18,6 +18,9 @@ import threading
 from collections.abc import Mapping, Sequence
 from typing import Any, Final, Protocol
 
+from cel_expr_python import cel
+from cel_expr_python.ext import ext_optional
+
 # A hostile or careless policy must not be able to stall the PEP: expressions are bounded
 # before they reach a parser (length), and by their syntactic nesting (brackets), which
 # bounds both the parser's recursion and the evaluator's.
@@ -140,9 +143,6 @@ class CppEngine:
     name: Final = "cel-expr-python"
 
     def __init__(self) -> None:
-        from cel_expr_python import cel
-        from cel_expr_python.ext import ext_optional
-
         self._cel = cel
         self._optional_extension = ext_optional.ExtOptional()
         self._environments: dict[tuple[str, ...], Any] = {}

@@ -1,0 +1,267 @@
+"""The `McpServer` and `ToolPolicy` specs: the single source of the CRD schemas.
+
+These models validate configuration (CRD objects or the same YAML on disk) once, at load
+time. The hot path never touches pydantic: `policy.bundle` compiles validated specs into
+plain objects.
+
+Every field name is the camelCase one the CRD carries; Python attributes are snake_case.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+from pydantic.alias_generators import to_camel
+
+API_GROUP = "callwarden.io"
+API_VERSION = "v1alpha1"
+GROUP_VERSION = f"{API_GROUP}/{API_VERSION}"
+
+# Kubernetes object names (RFC 1123 subdomain, the rule for namespaced custom objects).
+KUBERNETES_NAME = r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$"
+Name = Annotated[str, StringConstraints(pattern=KUBERNETES_NAME, max_length=253)]
+# MCP tool names: the 2025-11-25 schema recommends 1-128 of [A-Za-z0-9_.-]; we accept that
+# alphabet only, so a look-alike (a Cyrillic letter for a Latin one) can never name a tool.
+TOOL_NAME = r"^[A-Za-z0-9_.\-/]{1,128}$"
+ToolName = Annotated[str, StringConstraints(pattern=TOOL_NAME)]
+# Globs over tool names or MCP methods: the tool-name alphabet plus fnmatch's * ? [ ].
+GLOB = r"^[A-Za-z0-9_.\-/*?\[\]!]{1,128}$"
+Glob = Annotated[str, StringConstraints(pattern=GLOB)]
+CelSource = Annotated[str, StringConstraints(min_length=1, max_length=4096)]
+Url = Annotated[str, StringConstraints(pattern=r"^https?://[^\s]+$", max_length=2048)]
+
+ASYMMETRIC_ALGORITHMS = (
+    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA",
+)  # fmt: skip
+Algorithm = Literal[
+    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA",
+]  # fmt: skip
+
+
+class Spec(BaseModel):
+    """Base of every spec object: camelCase on the wire, unknown fields rejected."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True)
+
+
+# --- McpServer ---------------------------------------------------------------------------
+
+
+class Route(Spec):
+    """Which HTTP requests belong to this server at the gateway (Envoy :authority and path)."""
+
+    hosts: list[Annotated[str, StringConstraints(min_length=1, max_length=253)]] = Field(
+        default_factory=list,
+        description="Hosts (the :authority, with or without port) that reach this server; "
+        "empty means any host.",
+    )
+    path_prefix: Annotated[str, StringConstraints(pattern=r"^/[^\s]*$")] = Field(
+        default="/", description="Path prefix of the MCP endpoint, e.g. /mcp."
+    )
+
+
+class Upstream(Spec):
+    """Where the standalone gateway forwards allowed traffic."""
+
+    url: Url = Field(description="Base URL of the MCP server, e.g. http://127.0.0.1:9001.")
+
+
+class ProtectedResourceMetadata(Spec):
+    """RFC 9728 metadata published for this resource; the 401 challenge points at `url`."""
+
+    url: Url | None = Field(
+        default=None,
+        description="Metadata URL; defaults to the path-inserted well-known URL of `resource`.",
+    )
+    authorization_servers: list[Url] = Field(default_factory=list)
+    scopes_supported: list[str] = Field(default_factory=list)
+
+
+class Issuer(Spec):
+    """A trusted OAuth authorization server whose access tokens this server accepts."""
+
+    issuer: Annotated[str, StringConstraints(min_length=1, max_length=2048)] = Field(
+        description="Exact `iss` value."
+    )
+    jwks_uri: Url = Field(description="Where the issuer's signing keys (JWKS) are fetched.")
+    audiences: list[str] = Field(
+        default_factory=list,
+        description="Extra audiences accepted besides the server's resource id (RFC 8707).",
+    )
+    algorithms: list[Algorithm] = Field(
+        default_factory=lambda: list[Algorithm](["RS256", "ES256"]),
+        min_length=1,
+        description="Allowed signature algorithms; `none` and HMAC are never accepted.",
+    )
+    leeway_seconds: int = Field(default=30, ge=0, le=300, description="Clock skew for exp/nbf.")
+
+
+class Identity(Spec):
+    """Which token claims name the user (the Subject) and the agent (in the Context)."""
+
+    subject_claim: Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")] = Field(
+        default="sub", description="The on-behalf-of claim that anchors subject.id."
+    )
+    agent_claim: Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")] = Field(
+        default="client_id", description="The claim that names the agent (context.agent)."
+    )
+
+
+class Tool(Spec):
+    """A tool of this server and how its calls map to AuthZEN requests.
+
+    `mapping` is the platform-declared mapping (current-binding syntax: one envelope key,
+    `evaluation` or `evaluations`, `$`-prefixed CEL). `declared` is the Tool object the
+    server itself publishes in tools/list (D1 `coaz: true` + `inputSchema["x-coaz-mapping"]`,
+    or `inputSchema["x-authzen-mapping"]`). The platform's mapping wins when both exist:
+    a server's own declaration is untrusted input (DESIGN.md §4).
+    """
+
+    name: ToolName
+    mapping: dict[str, Any] | None = None
+    declared: dict[str, Any] | None = None
+
+
+class AuthzenPdp(Spec):
+    """A remote AuthZEN 1.0 PDP."""
+
+    url: Url = Field(description="The PDP's base URL (its `policy_decision_point`).")
+    timeout_seconds: float = Field(default=0.5, gt=0, le=30)
+
+
+class Pdp(Spec):
+    """Which PDP decides: the embedded one (default) or a remote AuthZEN PDP."""
+
+    authzen: AuthzenPdp | None = None
+
+
+class McpServerSpec(Spec):
+    resource: Url = Field(description="The server's RFC 8707 resource identifier (token audience).")
+    route: Route = Field(default_factory=Route)
+    upstream: Upstream | None = None
+    workload_selector: dict[str, Any] | None = Field(
+        default=None, description="Label selector of the server's pods (Kubernetes only)."
+    )
+    protected_resource_metadata: ProtectedResourceMetadata = Field(default_factory=ProtectedResourceMetadata)
+    issuers: list[Issuer] = Field(min_length=1)
+    identity: Identity = Field(default_factory=Identity)
+    tools: list[Tool] = Field(default_factory=list)
+    pdp: Pdp = Field(default_factory=Pdp)
+    deny_http_status: int = Field(
+        default=200,
+        ge=200,
+        le=599,
+        description="HTTP status of a JSON-RPC deny (200 lets MCP clients see a protocol error).",
+    )
+    max_request_bytes: int = Field(default=1_048_576, ge=1024, le=8_388_608)
+
+    @field_validator("tools")
+    @classmethod
+    def _tool_names_unique(cls, tools: list[Tool]) -> list[Tool]:
+        seen: set[str] = set()
+        for tool in tools:
+            if tool.name in seen:
+                raise ValueError(f"tool {tool.name!r} is listed twice")
+            seen.add(tool.name)
+        return tools
+
+
+# --- ToolPolicy --------------------------------------------------------------------------
+
+Effect = Literal["Allow", "Deny", "RequireApproval"]
+TargetName = Annotated[str, StringConstraints(pattern=r"^(\*|[a-z0-9]([-a-z0-9.]*[a-z0-9])?)$")]
+
+
+class Rule(Spec):
+    """One rule. It applies to a request when a `tools` or `methods` glob matches and `when`
+    (CEL over subject, action, resource, context) is true. Deny overrides RequireApproval,
+    which overrides Allow; when no rule applies, the request is denied."""
+
+    name: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")]
+    tools: list[Glob] = Field(default_factory=list, description="Globs over the called tool's name.")
+    methods: list[Glob] = Field(
+        default_factory=list, description="Globs over MCP methods other than tools/call."
+    )
+    effect: Effect
+    when: CelSource | None = Field(default=None, description="CEL condition; absent means always.")
+    description: str | None = None
+
+    @model_validator(mode="after")
+    def _has_a_target(self) -> Rule:
+        if not self.tools and not self.methods:
+            raise ValueError(f"rule {self.name!r} names no tools and no methods")
+        return self
+
+
+class ToolPolicySpec(Spec):
+    targets: list[TargetName] = Field(
+        min_length=1, description="McpServer names in this namespace, or * for all of them."
+    )
+    rules: list[Rule] = Field(min_length=1)
+
+    @field_validator("rules")
+    @classmethod
+    def _rule_names_unique(cls, rules: list[Rule]) -> list[Rule]:
+        seen: set[str] = set()
+        for rule in rules:
+            if rule.name in seen:
+                raise ValueError(f"rule {rule.name!r} is defined twice")
+            seen.add(rule.name)
+        return rules
+
+
+# --- Objects -----------------------------------------------------------------------------
+
+
+class ObjectMeta(BaseModel):
+    """The part of Kubernetes metadata callwarden reads; the rest is ignored."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    name: Name
+    namespace: Name = "default"
+    generation: int | None = None
+    resource_version: str | None = Field(default=None, alias="resourceVersion")
+
+
+class McpServer(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    api_version: Literal["callwarden.io/v1alpha1"] = Field(alias="apiVersion")
+    kind: Literal["McpServer"]
+    metadata: ObjectMeta
+    spec: McpServerSpec
+
+    @property
+    def key(self) -> str:
+        """`namespace/name`, the server's identity everywhere in callwarden."""
+        return f"{self.metadata.namespace}/{self.metadata.name}"
+
+
+class ToolPolicy(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    api_version: Literal["callwarden.io/v1alpha1"] = Field(alias="apiVersion")
+    kind: Literal["ToolPolicy"]
+    metadata: ObjectMeta
+    spec: ToolPolicySpec
+
+    @property
+    def key(self) -> str:
+        return f"{self.metadata.namespace}/{self.metadata.name}"
+
+    def targets_server(self, server: McpServer) -> bool:
+        if server.metadata.namespace != self.metadata.namespace:
+            return False
+        return "*" in self.spec.targets or server.metadata.name in self.spec.targets
+
+
+def resource_metadata_url(resource: str) -> str:
+    """RFC 9728 §3.1: the path-inserted well-known URL of a resource identifier."""
+    match = re.match(r"^(https?://[^/?#]+)(/[^?#]*)?", resource)
+    if match is None:
+        raise ValueError(f"not an absolute http(s) URL: {resource!r}")
+    origin, path = match.group(1), (match.group(2) or "").rstrip("/")
+    return f"{origin}/.well-known/oauth-protected-resource{path}"
