@@ -1,0 +1,338 @@
+"""The embedded PDP: ToolPolicy rules compiled once, deciding AuthZEN 1.0 requests.
+
+Deny overrides RequireApproval, which overrides Allow; a request that no rule applies to is
+denied. Every rule whose target matches is evaluated: a rule whose `when` fails at run time
+(missing key, type error, a result that is not a bool) denies and is named beside any rule
+that denied, never skipped (DESIGN.md §8a, the fail-open traps of peer engines).
+
+A rule's target is a tool name or an MCP method: `context.mcp.tool` for tools/call,
+`context.mcp.method` for other MCP methods, `action.name` for a request from outside MCP.
+Rules are indexed by the names they can match (exact names in a dict, globs bucketed by their
+literal prefix), so rules aimed at other tools cost a few dict lookups however many there are.
+Rule names in decisions are qualified by their policy, `<namespace>/<policy>/<rule>`: two
+policies may both name a rule `allow-read`, and an audit line must say which one decided.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+from callwarden.authzen.shapes import (
+    AuthzenRequestError,
+    InvalidItem,
+    check_evaluation_request,
+    parse_evaluations,
+    request_problem,
+)
+from callwarden.policy.cel import ABSENT, CelCompileError, Program, compile_expression
+from callwarden.policy.model import Effect, ToolPolicy
+
+__all__ = [
+    "RULE_VARIABLES",
+    "AuthzenRequestError",
+    "Decision",
+    "EmbeddedPdp",
+    "PolicyCompileError",
+    "check_policy",
+    "compile_pdp",
+]
+
+RULE_VARIABLES: Final = ("subject", "action", "resource", "context")
+TOOLS_CALL: Final = "tools/call"
+_WILDCARDS: Final = frozenset("*?[")
+# Failure messages quote values from the request; an audit line must stay readable.
+_MAX_MESSAGE: Final = 300
+# Shared, never mutated: CEL only reads its activation.
+_EMPTY: Final[dict[str, Any]] = {}
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    allowed: bool
+    reasons: tuple[str, ...]  # the rules that decided; () when no rule applied
+    message: str  # human readable, e.g. "denied by rule 'ns/policy/x'"
+    requestable: bool = False  # a RequireApproval rule decided: a denial a human can lift later
+
+    def to_authzen(self) -> dict[str, Any]:
+        return {"decision": self.allowed, "context": {"reasons": list(self.reasons), "reason": self.message}}
+
+
+class PolicyCompileError(Exception):
+    """A ToolPolicy that cannot be enforced, located precisely enough to fix."""
+
+    def __init__(
+        self, policy: str, rule: str | None, field: str, expression: str | None, message: str
+    ) -> None:
+        super().__init__(policy, rule, field, expression, message)
+        self.policy = policy
+        self.rule = rule
+        self.field = field
+        self.expression = expression
+        self.message = message
+
+    def __str__(self) -> str:
+        parts = [f"policy {self.policy!r}"]
+        if self.rule is not None:
+            parts.append(f"rule {self.rule!r}")
+        parts.append(f"field {self.field}")
+        if self.expression is not None:
+            parts.append(f"expression {self.expression!r}")
+        return ": ".join([*parts, self.message])
+
+
+@dataclass(frozen=True, slots=True)
+class _CompiledRule:
+    ordinal: int  # position across all policies: the order rules are evaluated and reported in
+    name: str
+    effect: Effect
+    when: Program | None
+    tools: tuple[str, ...]
+    methods: tuple[str, ...]
+
+
+class _Malformed(Exception):
+    """The request cannot be routed to rules; it is denied with this message."""
+
+
+_Matcher = Callable[[str], object]
+
+
+def _by_ordinal(rule: _CompiledRule) -> int:
+    return rule.ordinal
+
+
+class _NameIndex:
+    """The rules whose globs can match a name (a tool name or an MCP method).
+
+    A glob can only match names that start with its literal prefix (the text before its first
+    wildcard; fnmatchcase compares everything else literally), so globs are bucketed by that
+    prefix and a lookup probes one bucket per distinct prefix length.
+    """
+
+    def __init__(self, targets: Iterable[tuple[str, _CompiledRule]]) -> None:
+        exact: dict[str, dict[int, _CompiledRule]] = {}
+        globs: dict[str, list[tuple[_Matcher, _CompiledRule]]] = {}
+        for glob, rule in targets:
+            wildcard = next((i for i, char in enumerate(glob) if char in _WILDCARDS), None)
+            if wildcard is None:
+                exact.setdefault(glob, {})[rule.ordinal] = rule
+            else:
+                matcher = re.compile(fnmatch.translate(glob)).match
+                globs.setdefault(glob[:wildcard], []).append((matcher, rule))
+        self._exact = {name: tuple(rules.values()) for name, rules in exact.items()}
+        self._globs = {prefix: tuple(entries) for prefix, entries in globs.items()}
+        self._prefix_lengths = tuple(sorted({len(prefix) for prefix in globs}))
+
+    def candidates(self, name: str) -> Sequence[_CompiledRule]:
+        """The rules that target `name`, each once, in evaluation order."""
+        found: Sequence[_CompiledRule] = self._exact.get(name, ())
+        from_globs: list[_CompiledRule] = []
+        for length in self._prefix_lengths:
+            if length > len(name):
+                break
+            bucket = self._globs.get(name[:length])
+            if bucket is not None:
+                from_globs.extend(rule for matches, rule in bucket if matches(name) is not None)
+        if not from_globs:
+            return found
+        unique = {rule.ordinal: rule for rule in (*found, *from_globs)}
+        return sorted(unique.values(), key=_by_ordinal)
+
+
+class EmbeddedPdp:
+    """Decides complete SARC requests against compiled rules; safe to share between threads."""
+
+    def __init__(self, rules: Sequence[_CompiledRule]) -> None:
+        self._tools = _NameIndex((glob, rule) for rule in rules for glob in rule.tools)
+        self._methods = _NameIndex((glob, rule) for rule in rules for glob in rule.methods)
+
+    def evaluate(self, request: Mapping[str, Any]) -> Decision:
+        """Decide one complete request. Never raises: a malformed request is denied."""
+        problem = request_problem(request)
+        if problem is not None:
+            return Decision(False, (), f"malformed request: {problem}")
+        return self._decide(request)
+
+    def evaluate_all(self, requests: Sequence[Mapping[str, Any]]) -> list[Decision]:
+        return [self.evaluate(request) for request in requests]
+
+    def access_evaluation(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        """The Access Evaluation API; raises AuthzenRequestError for a malformed body (400)."""
+        check_evaluation_request(body)
+        return self._decide(body).to_authzen()
+
+    def access_evaluations(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        """The Access Evaluations (boxcar) API; raises AuthzenRequestError for a malformed body.
+
+        An item that cannot be evaluated is answered `decision: false` with an error context.
+        The short-circuit semantics truncate the answer after the deciding item, as in the
+        spec's examples: the PEP must read a missing entry as not permitted.
+        """
+        evaluations = parse_evaluations(body)
+        if evaluations is None:
+            return self.access_evaluation(body)
+        stop_at = {"deny_on_first_deny": False, "permit_on_first_permit": True}.get(evaluations.semantic)
+        answers: list[dict[str, Any]] = []
+        for item in evaluations.items:
+            if isinstance(item, InvalidItem):
+                allowed, answer = False, item.to_authzen()
+            else:
+                decision = self._decide(item)
+                allowed, answer = decision.allowed, decision.to_authzen()
+            answers.append(answer)
+            if allowed is stop_at:
+                break
+        return {"evaluations": answers}
+
+    def _decide(self, request: Mapping[str, Any]) -> Decision:
+        """Decide a request whose shape has been checked."""
+        try:
+            candidates = self._candidates(request)
+        except _Malformed as error:
+            return Decision(False, (), f"malformed request: {error}")
+        if not candidates:
+            return _NO_RULE_ALLOWS
+        activation: dict[str, Any] | None = None
+        denying: list[str] = []  # Deny rules that applied and rules that failed, in order
+        denied_by: list[str] = []
+        failures: list[str] = []
+        approving: list[str] = []
+        allowing: list[str] = []
+        for rule in candidates:
+            if rule.when is not None:
+                if activation is None:
+                    activation = _activation(request)
+                outcome = _condition(rule.when, activation)
+                if outcome is False:
+                    continue
+                if outcome is not True:
+                    denying.append(rule.name)
+                    failures.append(f"rule {rule.name!r} failed: {outcome}")
+                    continue
+            if rule.effect == "Deny":
+                denying.append(rule.name)
+                denied_by.append(rule.name)
+            elif rule.effect == "RequireApproval":
+                approving.append(rule.name)
+            else:
+                allowing.append(rule.name)
+        if denying:
+            parts = [f"denied by {_rules(denied_by)}"] if denied_by else []
+            return Decision(False, tuple(denying), "; ".join([*parts, *failures]))
+        if approving:
+            verb = "requires" if len(approving) == 1 else "require"
+            return Decision(False, tuple(approving), f"{_rules(approving)} {verb} approval", requestable=True)
+        if allowing:
+            return Decision(True, tuple(allowing), f"allowed by {_rules(allowing)}")
+        return _NO_RULE_ALLOWS
+
+    def _candidates(self, request: Mapping[str, Any]) -> Sequence[_CompiledRule]:
+        context = request.get("context")
+        if context is None or "mcp" not in context:
+            return self._tools.candidates(request["action"]["name"])
+        mcp = context["mcp"]
+        method = mcp.get("method") if isinstance(mcp, dict) else None
+        if not isinstance(method, str):
+            raise _Malformed("context.mcp.method must be a string")
+        if method != TOOLS_CALL:
+            return self._methods.candidates(method)
+        tool = mcp.get("tool")
+        if not isinstance(tool, str):
+            raise _Malformed("context.mcp.tool must be a string for tools/call")
+        return self._tools.candidates(tool)
+
+
+_NO_RULE_ALLOWS: Final = Decision(False, (), "no rule allows this request")
+
+
+def _activation(request: Mapping[str, Any]) -> dict[str, Any]:
+    """The CEL variables. Absent optional members are empty maps, so `has(subject.properties.x)`
+    and `subject.?properties.x` work on requests that carry no properties or no context."""
+    return {
+        "subject": _with_properties(request["subject"]),
+        "action": _with_properties(request["action"]),
+        "resource": _with_properties(request["resource"]),
+        "context": request.get("context", _EMPTY),
+    }
+
+
+def _with_properties(entity: dict[str, Any]) -> dict[str, Any]:
+    return entity if "properties" in entity else {**entity, "properties": _EMPTY}
+
+
+def _condition(when: Program, activation: Mapping[str, Any]) -> bool | str:
+    """The condition's value, or (a str) why it failed: a failure denies."""
+    try:
+        result = when.evaluate(activation)
+    except Exception as error:  # whatever went wrong, the rule denies: never skip it
+        return _clip(getattr(error, "message", None) or f"{type(error).__name__}: {error}")
+    if type(result) is bool:
+        return result
+    if result is ABSENT:
+        return "the condition is an empty optional, not a bool"
+    return _clip(f"the condition is {type(result).__name__} {result!r}, not a bool")
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= _MAX_MESSAGE else text[: _MAX_MESSAGE - 3] + "..."
+
+
+def _rules(names: Sequence[str]) -> str:
+    quoted = ", ".join(repr(name) for name in names)
+    return f"rule {quoted}" if len(names) == 1 else f"rules {quoted}"
+
+
+# --- compilation --------------------------------------------------------------------------
+
+
+def check_policy(policy: ToolPolicy) -> list[PolicyCompileError]:
+    """Every problem of one policy (the operator reports them all in its status)."""
+    return _compile_policy(policy, first_ordinal=0)[1]
+
+
+def compile_pdp(policies: Sequence[ToolPolicy]) -> EmbeddedPdp:
+    """Compile the policies that target one server; raises the first PolicyCompileError."""
+    rules: list[_CompiledRule] = []
+    for policy in policies:
+        compiled, errors = _compile_policy(policy, first_ordinal=len(rules))
+        if errors:
+            raise errors[0]
+        rules.extend(compiled)
+    return EmbeddedPdp(rules)
+
+
+def _compile_policy(
+    policy: ToolPolicy, *, first_ordinal: int
+) -> tuple[list[_CompiledRule], list[PolicyCompileError]]:
+    compiled: list[_CompiledRule] = []
+    errors: list[PolicyCompileError] = []
+    for index, rule in enumerate(policy.spec.rules):
+        for position, glob in enumerate(rule.methods):
+            if glob == TOOLS_CALL:  # would never apply: a Deny written this way would silently not deny
+                errors.append(
+                    PolicyCompileError(
+                        policy.key,
+                        rule.name,
+                        f"spec.rules[{index}].methods[{position}]",
+                        None,
+                        "tools/call requests are matched by `tools` globs, never by `methods`; "
+                        "name the tools instead (e.g. tools: ['*'])",
+                    )
+                )
+        when: Program | None = None
+        if rule.when is not None:
+            try:
+                when = compile_expression(rule.when, RULE_VARIABLES)
+            except CelCompileError as error:
+                field = f"spec.rules[{index}].when"
+                errors.append(PolicyCompileError(policy.key, rule.name, field, error.source, error.message))
+        name = f"{policy.key}/{rule.name}"
+        ordinal = first_ordinal + index
+        compiled.append(
+            _CompiledRule(ordinal, name, rule.effect, when, tuple(rule.tools), tuple(rule.methods))
+        )
+    return compiled, errors
