@@ -138,6 +138,8 @@ class Pdp(Spec):
 
 
 class McpServerSpec(Spec):
+    """An MCP server: its route, resource id, trusted issuers and tool mappings."""
+
     resource: Url = Field(description="The server's RFC 8707 resource identifier (token audience).")
     route: Route = Field(default_factory=Route)
     upstream: Upstream | None = None
@@ -147,7 +149,7 @@ class McpServerSpec(Spec):
     protected_resource_metadata: ProtectedResourceMetadata = Field(default_factory=ProtectedResourceMetadata)
     issuers: list[Issuer] = Field(min_length=1)
     identity: Identity = Field(default_factory=Identity)
-    tools: list[Tool] = Field(default_factory=list)
+    tools: list[Tool] = Field(default_factory=list, max_length=1024)
     pdp: Pdp = Field(default_factory=Pdp)
     deny_http_status: int = Field(
         default=200,
@@ -196,10 +198,12 @@ class Rule(Spec):
 
 
 class ToolPolicySpec(Spec):
+    """Rules for the target McpServers of this namespace."""
+
     targets: list[TargetName] = Field(
         min_length=1, description="McpServer names in this namespace, or * for all of them."
     )
-    rules: list[Rule] = Field(min_length=1)
+    rules: list[Rule] = Field(min_length=1, max_length=10_000)
 
     @field_validator("rules")
     @classmethod
