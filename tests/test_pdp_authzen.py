@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from callwarden.authzen.shapes import AuthzenRequestError, InvalidItem, parse_evaluations
+from callwarden.policy.evaluation import AuthzenRequestError, InvalidItem, parse_evaluations
 from callwarden.policy.pdp import compile_pdp
 from tests.test_pdp import policy, rule
 

@@ -1,5 +1,5 @@
-"""AuthZEN 1.0 wire formats: request shapes, validation and boxcar expansion.
+"""AuthZEN 1.0 over HTTP: the embedded PDP's Authorization API and the client for remote PDPs.
 
-Pure and dependency-free, so the policy core can speak AuthZEN without any I/O; the HTTP
-API of the embedded PDP and the remote-PDP client build on these shapes, not the reverse.
+The request shapes themselves (validation, boxcar expansion) belong to the policy core,
+in `callwarden.policy.evaluation`, so the core speaks AuthZEN without any I/O.
 """

@@ -203,7 +203,7 @@ class ToolPolicySpec(Spec):
     targets: list[TargetName] = Field(
         min_length=1, description="McpServer names in this namespace, or * for all of them."
     )
-    rules: list[Rule] = Field(min_length=1, max_length=10_000)
+    rules: list[Rule] = Field(min_length=1, max_length=16_384)
 
     @field_validator("rules")
     @classmethod

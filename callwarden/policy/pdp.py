@@ -21,14 +21,14 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from callwarden.authzen.shapes import (
+from callwarden.policy.cel import ABSENT, CelCompileError, Program, compile_expression
+from callwarden.policy.evaluation import (
     AuthzenRequestError,
     InvalidItem,
     check_evaluation_request,
     parse_evaluations,
     request_problem,
 )
-from callwarden.policy.cel import ABSENT, CelCompileError, Program, compile_expression
 from callwarden.policy.model import Effect, ToolPolicy
 
 __all__ = [
