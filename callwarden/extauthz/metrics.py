@@ -1,0 +1,56 @@
+"""The data path's Prometheus metrics, in a registry of their own.
+
+A dedicated `REGISTRY` (not prometheus-client's global one) keeps /metrics to what this
+process defines and lets tests read exact values. Every name carries the `callwarden_`
+prefix. Label values are bounded sets (server keys from configuration, decisions, codes,
+reason codes): nothing from a request body or a token becomes a label.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+REGISTRY: Final = CollectorRegistry(auto_describe=True)
+
+DECISIONS: Final = Counter(
+    "callwarden_decisions_total",
+    "Checks answered, by McpServer key, decision (allow/deny) and JSON-RPC or HTTP code.",
+    ["server", "decision", "code"],
+    registry=REGISTRY,
+)
+# From a cached-token allow (tens of µs) to a remote PDP at its timeout.
+CHECK_LATENCY: Final = Histogram(
+    "callwarden_check_latency_seconds",
+    "Time to decide one check, in process (excluding the gRPC transport).",
+    buckets=(0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
+    registry=REGISTRY,
+)
+TOKEN_FAILURES: Final = Counter(
+    "callwarden_token_validation_failures_total",
+    "Requests whose credentials were rejected, by reason.",
+    ["reason"],
+    registry=REGISTRY,
+)
+JWKS_FETCHES: Final = Counter(
+    "callwarden_jwks_fetch_total",
+    "JWKS fetches from trusted issuers, by outcome.",
+    ["outcome"],
+    registry=REGISTRY,
+)
+AUDIT_LINES: Final = Counter(
+    "callwarden_audit_lines_total",
+    "Decision log lines written to the sink.",
+    registry=REGISTRY,
+)
+AUDIT_SINK_ERRORS: Final = Counter(
+    "callwarden_audit_sink_errors_total",
+    "Failed writes to the decision log sink (the lines are kept and retried).",
+    registry=REGISTRY,
+)
+AUDIT_BACKLOG_EVENTS: Final = Counter(
+    "callwarden_audit_backlog_events_total",
+    "Decisions recorded while the decision log queue was full (kept, not dropped).",
+    registry=REGISTRY,
+)
