@@ -1,0 +1,233 @@
+"""`callwarden demo`: the board-packet scenario end to end on this machine.
+
+Three official-SDK MCP servers and three local issuers start on free loopback ports; the
+example configuration is pointed at them; real Envoy with callwarden's ext_authz goes in
+front; an agent built on the official MCP client then makes the scenario's calls. The demo
+prints what was decided and the decision log lines, and checks its own claims: every call
+decided as the scenario expects, and no denied call ever executed on its server.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, Final, Literal
+
+from callwarden.demo.agent import AgentRun, Outcome, ToolCall, run_agent
+from callwarden.demo.issuers import RunningIssuers, start_issuers
+from callwarden.demo.servers import RunningServers, start_servers
+from callwarden.extauthz.service import Gateway, start_gateway
+from callwarden.policy.bundle import Bundle, compile_bundle
+from callwarden.policy.loader import Config, config_from_objects, load_config
+
+EXAMPLE: Final = Path(__file__).resolve().parents[2] / "examples" / "board-packet"
+NAMESPACE: Final = "board-packet"
+AGENT: Final = "board-agent"
+
+
+@dataclass(frozen=True)
+class Session:
+    """One agent session against one server: who the token names and which calls it makes."""
+
+    title: str
+    server: str
+    sub: str
+    roles: tuple[str, ...]
+    calls: tuple[tuple[ToolCall, str], ...]  # each call with the outcome the scenario expects
+    client_id: str = AGENT
+    credential: Literal["valid", "none", "expired"] = "valid"  # which token the agent presents
+
+
+SCENARIO: Final = (
+    Session(
+        "analyst's agent, finance",
+        "finance",
+        "alice",
+        ("analyst",),
+        (
+            (ToolCall("query_financials", {"period": "2026-Q3", "entity": "example-corp"}), "allowed"),
+            (ToolCall("query_financials", {"period": "2026-Q3", "entity": "other-corp"}), "denied"),
+            (ToolCall("query_financials", {"period": "2026-Q2", "entity": "example-corp"}), "denied"),
+            (ToolCall("transfer_funds", {"amount": 1_000_000}), "denied"),
+        ),
+    ),
+    Session(
+        "analyst's agent, documents",
+        "documents",
+        "alice",
+        ("analyst",),
+        (
+            (ToolCall("create_doc", {"template": "board-packet", "title": "Q3 board packet"}), "allowed"),
+            (ToolCall("create_doc", {"template": "press-release", "title": "Q3 results"}), "denied"),
+        ),
+    ),
+    Session(
+        "analyst's agent, workflow",
+        "workflow",
+        "alice",
+        ("analyst",),
+        (
+            (ToolCall("notify_reviewer", {"group": "audit-committee", "deadline": "2026-12-01"}), "allowed"),
+            (ToolCall("notify_reviewer", {"group": "all-staff", "deadline": "2026-12-01"}), "denied"),
+        ),
+    ),
+    Session(
+        "intern's agent, finance",
+        "finance",
+        "bob",
+        ("intern",),
+        ((ToolCall("query_financials", {"period": "2026-Q3", "entity": "example-corp"}), "denied"),),
+    ),
+    Session(
+        "no token, finance",
+        "finance",
+        "alice",
+        ("analyst",),
+        ((ToolCall("query_financials", {"period": "2026-Q3", "entity": "example-corp"}), "unauthenticated"),),
+        credential="none",
+    ),
+    Session(
+        "expired token, finance",
+        "finance",
+        "alice",
+        ("analyst",),
+        ((ToolCall("query_financials", {"period": "2026-Q3", "entity": "example-corp"}), "unauthenticated"),),
+        credential="expired",
+    ),
+)
+
+
+def _objects(config: Config) -> list[dict[str, Any]]:
+    return [
+        obj.model_dump(by_alias=True, exclude_none=True)
+        for obj in (*config.servers.values(), *config.policies.values())
+    ]
+
+
+def localize(config: Config, servers: RunningServers, issuers: RunningIssuers) -> Config:
+    """The example configuration, pointed at the upstreams and issuers started on this machine."""
+    objects = _objects(config)
+    for obj in objects:
+        if obj["kind"] != "McpServer":
+            continue
+        name = obj["metadata"]["name"]
+        obj["spec"]["upstream"] = {"url": servers.base_url(name)}
+        for issuer in obj["spec"]["issuers"]:
+            issuer["jwksUri"] = issuers[name].jwks_uri
+    return config_from_objects(objects)
+
+
+def _token(session: Session, issuers: RunningIssuers, bundle: Bundle) -> str | None:
+    if session.credential == "none":
+        return None
+    resource = bundle.servers[f"{NAMESPACE}/{session.server}"].server.spec.resource
+    ttl = -120 if session.credential == "expired" else 300
+    return issuers[session.server].mint(
+        session.sub, resource, session.client_id, roles=session.roles, ttl=ttl
+    )
+
+
+def _run_session(session: Session, gateway: Gateway, issuers: RunningIssuers, bundle: Bundle) -> AgentRun:
+    server = bundle.servers[f"{NAMESPACE}/{session.server}"].server
+    path = server.spec.route.path_prefix
+    host = server.spec.route.hosts[0] if server.spec.route.hosts else None
+    calls = [call for call, _ in session.calls]
+    return run_agent(gateway.url + path, _token(session, issuers, bundle), calls, host=host)
+
+
+def _reason(outcome: Outcome) -> str:
+    if outcome.status == "allowed":
+        return (outcome.result_text or "").splitlines()[0][:60] if outcome.result_text else "ok"
+    return (outcome.error_message or outcome.www_authenticate or "")[:100]
+
+
+def _print_table(rows: Sequence[tuple[str, str, str, str, str]], out: IO[str]) -> None:
+    headers = ("session", "call", "decision", "decision id", "reason / result")
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers[:-1])]
+    line = "  ".join(h.ljust(w) for h, w in zip(headers[:-1], widths, strict=True)) + "  " + headers[-1]
+    print(line, file=out)
+    print("-" * len(line), file=out)
+    for row in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(row[:-1], widths, strict=True)) + "  " + row[-1], file=out)
+
+
+def run_demo(config_dir: Path = EXAMPLE, out: IO[str] = sys.stdout) -> int:
+    """Run the scenario; 0 when every decision was the expected one and no denied call ran."""
+    with (
+        tempfile.TemporaryDirectory(prefix="callwarden-demo-") as workdir,
+        start_servers(dict.fromkeys(("finance", "documents", "workflow"), 0)) as servers,
+        start_issuers(dict.fromkeys(("finance", "documents", "workflow"), 0)) as issuers,
+    ):
+        bundle = compile_bundle(localize(load_config([config_dir]), servers, issuers))
+        audit_path = Path(workdir) / "decisions.jsonl"
+        rows: list[tuple[str, str, str, str, str]] = []
+        surprises: list[str] = []
+        expected_executions: dict[tuple[str, str], int] = {}
+        with start_gateway(bundle, Path(workdir) / "envoy", audit_path=str(audit_path)) as gateway:
+            print(f"gateway {gateway.url} (Envoy) -> ext_authz {gateway.ext_authz.address}\n", file=out)
+            for session in SCENARIO:
+                run = _run_session(session, gateway, issuers, bundle)
+                outcomes = run.calls() or tuple(o for o in run.outcomes if o.status != "allowed")[:1]
+                for (call, expected), outcome in zip(session.calls, outcomes, strict=False):
+                    rows.append(
+                        (
+                            session.title,
+                            call.describe(),
+                            outcome.status,
+                            outcome.decision_id or "-",
+                            _reason(outcome),
+                        )
+                    )
+                    if outcome.status != expected:
+                        surprises.append(
+                            f"{session.title}: {call.describe()} was {outcome.status}, not {expected}"
+                        )
+                    if outcome.status == "allowed":
+                        key = (session.server, call.tool)
+                        expected_executions[key] = expected_executions.get(key, 0) + 1
+            gateway.ext_authz.decision_log.flush()
+        _print_table(rows, out)
+        surprises += _unexpected_executions(servers, expected_executions)
+        print("\ndecision log (tools/call lines):", file=out)
+        for line in audit_path.read_text().splitlines():
+            entry = json.loads(line)
+            if entry.get("method") == "tools/call" or entry.get("code") == 401:
+                print(_summarize(entry), file=out)
+    for surprise in surprises:
+        print(f"UNEXPECTED: {surprise}", file=out)
+    print("\ndemo " + ("failed" if surprises else "passed: every call decided as expected"), file=out)
+    return 1 if surprises else 0
+
+
+def _unexpected_executions(servers: RunningServers, expected: Mapping[tuple[str, str], int]) -> list[str]:
+    """Compare what the servers executed with what was allowed: a denied call must never run."""
+    problems = []
+    for name in ("finance", "documents", "workflow"):
+        for tool, count in servers.ledgers[name].counts().items():
+            if count != expected.get((name, tool), 0):
+                problems.append(
+                    f"{name}.{tool} executed {count} times, {expected.get((name, tool), 0)} allowed"
+                )
+    return problems
+
+
+def _summarize(entry: Mapping[str, Any]) -> str:
+    request = entry["requests"][0] if entry.get("requests") else {}
+    subject = request.get("subject", {}).get("id", "-")
+    resource = request.get("resource", {})
+    return json.dumps(
+        {
+            "decision_id": entry["decision_id"],
+            "server": entry["server"],
+            "tool": entry.get("tool"),
+            "subject": subject,
+            "resource": f"{resource.get('type', '-')}/{resource.get('id', '-')}",
+            "decision": entry["decision"],
+            "code": entry["code"],
+            "reasons": entry["reasons"],
+        }
+    )

@@ -1,0 +1,244 @@
+"""One Envoy CheckRequest in, one CheckResponse out: route, Layer 1, strict parse, Layer 2.
+
+Every path through `Enforcer.check` ends in exactly one decision log line, and every path
+that is not an explicit permit is a denial: an unknown route, an unsupported HTTP method,
+a missing or bad token, a body that does not parse strictly, a mapping error, a PDP that
+cannot answer, or a bug in this code.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import orjson
+from envoy.service.auth.v3.external_auth_pb2 import CheckRequest, CheckResponse
+
+from callwarden.extauthz import metrics
+from callwarden.extauthz.audit import DecisionLog, new_decision_id
+from callwarden.extauthz.jsonrpc import BodyRejected, JsonRpcMessage, parse_body
+from callwarden.extauthz.responses import CHECKER_FAILED_BODY, allow_response, deny_response
+from callwarden.extauthz.token import JwksStore, TokenRejected, TokenValidator, www_authenticate
+from callwarden.policy.bundle import Bundle, CompiledServer
+from callwarden.policy.decide import DENIED, JsonRpcError, Verdict, decide
+
+log = logging.getLogger(__name__)
+
+DECISION_HEADER: Final = "x-callwarden-decision-id"
+RESERVED_HEADER_PREFIX: Final = "x-callwarden-"
+# JSON-RPC 2.0 "invalid request": bodies refused before parsing (encoding, truncation).
+INVALID_REQUEST: Final = -32600
+# Envoy sets this header on the check request when it forwarded only part of the body.
+PARTIAL_BODY_HEADER: Final = "x-envoy-auth-partial-body"
+JSON_CONTENT_TYPE: Final = {"content-type": "application/json"}
+
+
+@dataclass(frozen=True)
+class EnforcementState:
+    """A bundle and the token validators built for it; swapped as one reference."""
+
+    bundle: Bundle
+    validators: Mapping[str, TokenValidator]
+
+    @classmethod
+    def build(cls, bundle: Bundle, jwks: JwksStore) -> EnforcementState:
+        validators = {key: TokenValidator(s.server, jwks) for key, s in bundle.servers.items()}
+        return cls(bundle, validators)
+
+
+@dataclass
+class _Outcome:
+    """What one check decided, gathered for the response, the log line and the metrics."""
+
+    allowed: bool
+    status: int
+    code: int | None = None
+    message: str = ""
+    reasons: tuple[str, ...] = ()
+    server: str | None = None
+    http_method: str = ""
+    verdicts: list[Verdict] = field(default_factory=list)
+    body: bytes = b""
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+class Enforcer:
+    """The ext_authz `Checker`: decides every request by the current enforcement state."""
+
+    def __init__(self, state: EnforcementState, decision_log: DecisionLog) -> None:
+        self._state = state
+        self._log = decision_log
+
+    @property
+    def state(self) -> EnforcementState:
+        return self._state
+
+    def swap(self, state: EnforcementState) -> None:
+        """Replace the configuration atomically: in-flight checks finish on the old one."""
+        self._state = state
+
+    def check(self, request: CheckRequest) -> CheckResponse:
+        started = time.perf_counter()
+        decision_id = new_decision_id()
+        state = self._state
+        try:
+            outcome = self._decide(state, request)
+        except Exception:  # a bug must deny, never allow and never kill the worker
+            log.exception("check %s failed; denying", decision_id)
+            outcome = _Outcome(False, 403, code=-32603, message="internal error", reasons=("internal-error",))
+            outcome.body = CHECKER_FAILED_BODY
+            outcome.headers = dict(JSON_CONTENT_TYPE)
+        latency = time.perf_counter() - started
+        self._record(decision_id, state.bundle.revision, outcome, latency)
+        if outcome.allowed:
+            http = request.attributes.request.http
+            forged = [name for name in http.headers if name.startswith(RESERVED_HEADER_PREFIX)]
+            return allow_response({DECISION_HEADER: decision_id}, forged)
+        return deny_response(outcome.status, outcome.body, {**outcome.headers, DECISION_HEADER: decision_id})
+
+    # -- the decision ------------------------------------------------------------------
+
+    def _decide(self, state: EnforcementState, request: CheckRequest) -> _Outcome:
+        http = request.attributes.request.http
+        headers = http.headers
+        named = request.attributes.context_extensions.get("mcp_server")
+        server = state.bundle.find(named) if named else state.bundle.route(http.host, http.path)
+        if server is None:
+            where = f"mcp_server {named!r}" if named else f"{http.host}{http.path.split('?', 1)[0]}"
+            return _http_denial(404, f"no McpServer is configured for {where}", "no-route", http.method)
+        method = http.method.upper()
+        if method not in ("POST", "GET", "DELETE"):
+            outcome = _http_denial(405, f"HTTP method {method} is not allowed on MCP", "http-method", method)
+            outcome.server = server.key
+            return outcome
+        validator = state.validators[server.key]
+        try:
+            claims = validator.validate(headers.get("authorization"))
+        except TokenRejected as rejected:
+            return _unauthenticated(server, rejected, method)
+        if method != "POST":  # SSE stream (GET) and session end (DELETE) need Layer 1 only
+            return _Outcome(True, 200, reasons=("authenticated",), server=server.key, http_method=method)
+        return self._decide_body(server, http, claims)
+
+    def _decide_body(self, server: CompiledServer, http: Any, claims: Mapping[str, Any]) -> _Outcome:
+        headers = http.headers
+        status = server.server.spec.deny_http_status
+        encoding = headers.get("content-encoding", "identity").strip().lower()
+        if encoding not in ("", "identity"):
+            message = f"Content-Encoding {encoding!r} is not accepted"
+            return _body_denial(server, status, "content-encoding", message)
+        if headers.get(PARTIAL_BODY_HEADER, "").lower() == "true":
+            return _body_denial(server, status, "partial-body", "request body was truncated by the gateway")
+        try:
+            body = parse_body(http.raw_body, max_bytes=server.server.spec.max_request_bytes)
+        except BodyRejected as rejected:
+            return _body_denial(server, status, rejected.reason, str(rejected), rejected.code)
+        verdicts = [_verdict(server, message, claims) for message in body.messages]
+        denied = [v for v in verdicts if not v.allowed]
+        outcome = _Outcome(not denied, 200, server=server.key, http_method="POST", verdicts=verdicts)
+        if denied:
+            outcome.status = status
+            outcome.code = denied[0].code
+            outcome.message = denied[0].error.message if denied[0].error else "denied"
+            outcome.reasons = tuple(dict.fromkeys(r for v in denied for r in v.reasons))
+            outcome.body = _error_body(body.messages, verdicts, body.is_batch)
+            outcome.headers = dict(JSON_CONTENT_TYPE)
+        else:
+            outcome.reasons = tuple(dict.fromkeys(r for v in verdicts for r in v.reasons))
+        return outcome
+
+    # -- the log line -----------------------------------------------------------------
+
+    def _record(self, decision_id: str, revision: str, outcome: _Outcome, latency: float) -> None:
+        decision = "allow" if outcome.allowed else "deny"
+        code = outcome.code if outcome.code is not None else outcome.status
+        metrics.DECISIONS.labels(server=outcome.server or "", decision=decision, code=str(code)).inc()
+        metrics.CHECK_LATENCY.observe(latency)
+        self._log.record(
+            {
+                "time": datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z"),
+                "decision_id": decision_id,
+                "server": outcome.server,
+                "http_method": outcome.http_method,
+                "calls": [_call_line(v) for v in outcome.verdicts],
+                "method": outcome.verdicts[0].method if outcome.verdicts else None,
+                "tool": next((v.tool for v in outcome.verdicts if v.tool), None),
+                "requests": [r for v in outcome.verdicts for r in v.requests],
+                "decision": decision,
+                "code": code,
+                "reasons": list(outcome.reasons),
+                "message": outcome.message,
+                "revision": revision,
+                "latency_ms": round(latency * 1000, 3),
+            }
+        )
+
+
+def _call_line(verdict: Verdict) -> dict[str, Any]:
+    """One JSON-RPC message of a (possibly batched) body, as the decision log records it."""
+    return {
+        "method": verdict.method,
+        "tool": verdict.tool,
+        "decision": "allow" if verdict.allowed else "deny",
+        "code": verdict.code,
+        "reasons": list(verdict.reasons),
+        "requests": list(verdict.requests),
+    }
+
+
+def _verdict(server: CompiledServer, message: JsonRpcMessage, claims: Mapping[str, Any]) -> Verdict:
+    if message.kind == "response":  # a client's answer to a server request: nothing to authorize
+        return Verdict(True, "response", None, None, ("response",))
+    assert message.method is not None
+    params = message.params if isinstance(message.params, dict) else None
+    if message.params is not None and params is None:  # positional params: no mapping can read them
+        error = JsonRpcError(DENIED, f"method {message.method!r}: params must be an object")
+        return Verdict(False, message.method, None, error, ("positional-params",))
+    return decide(server, message.method, params, claims)
+
+
+def _error_body(messages: Sequence[JsonRpcMessage], verdicts: Sequence[Verdict], is_batch: bool) -> bytes:
+    """JSON-RPC error responses echoing each request's id; a batch is denied whole."""
+    first_error = next(v.error for v in verdicts if v.error is not None)
+    responses = []
+    for message, verdict in zip(messages, verdicts, strict=True):
+        if message.kind != "request":
+            continue
+        error = verdict.error or JsonRpcError(DENIED, f"batch denied: {first_error.message}")
+        responses.append({"jsonrpc": "2.0", "id": message.id, "error": error.to_json()})
+    if not is_batch:
+        if responses:
+            return orjson.dumps(responses[0])
+        return orjson.dumps({"jsonrpc": "2.0", "id": None, "error": first_error.to_json()})
+    return orjson.dumps(responses)
+
+
+def _http_denial(status: int, message: str, reason: str, http_method: str) -> _Outcome:
+    outcome = _Outcome(False, status, message=message, reasons=(reason,), http_method=http_method)
+    outcome.body = orjson.dumps({"error": message})
+    outcome.headers = dict(JSON_CONTENT_TYPE)
+    return outcome
+
+
+def _unauthenticated(server: CompiledServer, rejected: TokenRejected, http_method: str) -> _Outcome:
+    metrics.TOKEN_FAILURES.labels(reason=rejected.reason).inc()
+    outcome = _http_denial(401, rejected.description, f"token:{rejected.reason}", http_method)
+    outcome.server = server.key
+    outcome.headers["www-authenticate"] = www_authenticate(server.resource_metadata_url, rejected)
+    return outcome
+
+
+def _body_denial(
+    server: CompiledServer, status: int, reason: str, message: str, code: int = INVALID_REQUEST
+) -> _Outcome:
+    error = {"code": code, "message": f"Request rejected: {message}"}
+    outcome = _Outcome(False, status, code=code, message=message, reasons=(f"body:{reason}",))
+    outcome.server = server.key
+    outcome.http_method = "POST"
+    outcome.body = orjson.dumps({"jsonrpc": "2.0", "id": None, "error": error})
+    outcome.headers = dict(JSON_CONTENT_TYPE)
+    return outcome

@@ -1,0 +1,91 @@
+"""From one JSON-RPC message and validated claims to a verdict: mapping, then the PDP.
+
+This is the whole Layer 2 decision, shared by `callwarden check` and the ext_authz data
+path, so a policy tested offline is decided the same way in the mesh.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+from callwarden.policy.bundle import CompiledServer
+from callwarden.policy.mapping import (
+    AuthorizationRequests,
+    MappingFailure,
+    PassThrough,
+    UnknownMethod,
+)
+
+# JSON-RPC codes of the COAZ MCP binding (standards.md §2.7).
+DENIED: Final = -32001
+MAPPING_ERROR: Final = -32602
+PDP_FAILURE: Final = -32603
+
+
+@dataclass(frozen=True)
+class JsonRpcError:
+    code: int
+    message: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"code": self.code, "message": self.message}
+
+
+@dataclass(frozen=True)
+class Verdict:
+    allowed: bool
+    method: str
+    tool: str | None
+    error: JsonRpcError | None
+    reasons: tuple[str, ...]
+    requests: tuple[dict[str, Any], ...] = ()
+    requestable: bool = False
+
+    @property
+    def code(self) -> int | None:
+        return None if self.error is None else self.error.code
+
+
+def decide(
+    server: CompiledServer, method: str, params: Mapping[str, Any] | None, claims: Mapping[str, Any]
+) -> Verdict:
+    """Decide one JSON-RPC request or notification. Never raises: every failure denies."""
+    result = server.mapping.map(method, params, claims)
+    if isinstance(result, PassThrough):
+        return Verdict(True, method, None, None, ("pass-through",))
+    if isinstance(result, UnknownMethod):
+        message = f"method {result.method!r} is not authorized: callwarden denies unknown MCP methods"
+        return Verdict(False, method, None, JsonRpcError(DENIED, message), ("unknown-method",))
+    if isinstance(result, MappingFailure):
+        error = JsonRpcError(MAPPING_ERROR, result.message)
+        return Verdict(False, method, _tool_of(method, params), error, ())
+    return _decide_requests(server, method, result)
+
+
+def _decide_requests(server: CompiledServer, method: str, result: AuthorizationRequests) -> Verdict:
+    try:
+        decisions = server.pdp.evaluate_all(result.requests)
+    except Exception as error:  # a PDP that cannot answer denies, whatever went wrong
+        message = f"Authorization service unavailable: {type(error).__name__}"
+        return Verdict(False, method, result.tool, JsonRpcError(PDP_FAILURE, message), (), result.requests)
+    denied = [d for d in decisions if not d.allowed]
+    if decisions and not denied:
+        reasons = tuple(dict.fromkeys(r for d in decisions for r in d.reasons))
+        return Verdict(True, method, result.tool, None, reasons, result.requests)
+    if not decisions:  # an empty answer is not a permit
+        empty = JsonRpcError(PDP_FAILURE, "Authorization service returned no decision")
+        return Verdict(False, method, result.tool, empty, (), result.requests)
+    first = denied[0]
+    reasons = tuple(dict.fromkeys(r for d in denied for r in d.reasons))
+    target = f"tool {result.tool!r}" if result.tool else f"method {method!r}"
+    denial = JsonRpcError(DENIED, f"Access to {target} denied: {first.message}")
+    return Verdict(False, method, result.tool, denial, reasons, result.requests, first.requestable)
+
+
+def _tool_of(method: str, params: Mapping[str, Any] | None) -> str | None:
+    if method != "tools/call" or not isinstance(params, Mapping):
+        return None
+    name = params.get("name")
+    return name if isinstance(name, str) else None
