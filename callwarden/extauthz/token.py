@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import binascii
 import hashlib
-import json
 import logging
 import math
 import re
@@ -41,12 +40,12 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 import httpx
-import orjson
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
+from callwarden.extauthz import strictjson
 from callwarden.policy.model import McpServer
 
 log = logging.getLogger(__name__)
@@ -60,6 +59,10 @@ MAX_ACTOR_DEPTH: Final = 16
 # Claims feed recursive code downstream (copies, CEL conversion, the decision log): a token may
 # not nest arrays/objects deeper than this, however small it is.
 MAX_CLAIMS_DEPTH: Final = 32
+# The bound on parsing a token segment or a JWKS document, checked before the recursive parser
+# runs, so deep nesting is rejected whatever the interpreter's recursion limit. Above
+# MAX_CLAIMS_DEPTH so that claims nesting a little too deep get the precise "claims" reason.
+MAX_JSON_DEPTH: Final = 2 * MAX_CLAIMS_DEPTH
 
 ACCEPTED_TYPES: Final = frozenset({"at+jwt", "application/at+jwt", "jwt", "application/jwt"})
 # Algorithm names a description may repeat; anything else in `alg` is attacker text.
@@ -123,33 +126,6 @@ def _b64url_decode(text: str) -> bytes:
         raise ValueError("not canonical base64url")
     padded = text.encode("ascii").translate(_TO_STANDARD_BASE64) + b"==="[: (4 - tail) % 4]
     return binascii.a2b_base64(padded, strict_mode=True)
-
-
-def _unique_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    members = dict(pairs)
-    if len(members) != len(pairs):
-        raise ValueError("duplicate member name")
-    return members
-
-
-def _no_constants(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-_JSON: Final = json.JSONDecoder(object_pairs_hook=_unique_members, parse_constant=_no_constants)
-
-
-def _strict_json(raw: bytes) -> Any:
-    """One JSON value, UTF-8, no duplicate member names, no NaN/Infinity, no lone surrogates.
-
-    Duplicate names are a parser differential (two readers of one token see different claims);
-    lone surrogates (`\\ud800`) would break every later consumer that encodes the claims.
-    """
-    text = raw.decode("utf-8")
-    value = _JSON.decode(text)
-    if "\\u" in text:
-        orjson.loads(raw)  # rejects lone surrogate escapes, which the json module lets through
-    return value
 
 
 # --- keys -----------------------------------------------------------------------------------
@@ -333,8 +309,8 @@ class JwksInvalid(ValueError):
 def parse_jwks(body: bytes) -> tuple[list[_Key], list[str]]:
     """The usable keys of a JWKS document and a note for every entry that was dropped."""
     try:
-        document = _strict_json(body)
-    except (ValueError, RecursionError) as error:
+        document = strictjson.loads(body, max_depth=MAX_JSON_DEPTH)
+    except strictjson.JsonRejected as error:
         raise JwksInvalid(f"not JSON: {error}") from error
     if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
         raise JwksInvalid("not a JWK Set: 'keys' is not a list")
@@ -730,12 +706,14 @@ class TokenValidator:
         except ValueError:
             raise _malformed(token, "not canonical base64url") from None
         try:
-            header = _strict_json(header_raw)
-        except (ValueError, RecursionError) as error:
+            header = strictjson.loads(header_raw, max_depth=MAX_JSON_DEPTH)
+        except strictjson.JsonRejected as error:
             raise _invalid(f"malformed token header: {_json_problem(error)}", "malformed") from None
         try:
-            claims = _strict_json(payload_raw)
-        except (ValueError, RecursionError) as error:
+            claims = strictjson.loads(payload_raw, max_depth=MAX_JSON_DEPTH)
+        except strictjson.JsonRejected as error:
+            if error.reason == "bad-number":  # "exp": 1e999 and the like: a claim value is at fault
+                raise _invalid("token claims hold a number out of range", "claims") from None
             raise _invalid(f"malformed token payload: {_json_problem(error)}", "malformed") from None
         if not isinstance(header, dict):
             raise _invalid("malformed token header: not a JSON object", "malformed")
@@ -855,15 +833,17 @@ def _malformed(token: str, problem: str) -> TokenRejected:
     return _invalid(f"malformed token: {problem}", "malformed")
 
 
-def _json_problem(error: BaseException) -> str:
-    """Why a segment failed to parse, without quoting any of its content."""
-    if isinstance(error, UnicodeDecodeError):
-        return "not UTF-8"
-    if isinstance(error, RecursionError):
-        return "nested too deeply"
-    if "duplicate member" in str(error):
-        return "duplicate member name"
-    return "not JSON"
+_JSON_PROBLEMS: Final = {
+    "not-utf8": "not UTF-8",
+    "too-deep": "nested too deeply",
+    "duplicate-member": "duplicate member name",
+    "bad-number": "number out of range",
+}
+
+
+def _json_problem(error: strictjson.JsonRejected) -> str:
+    """Why a segment failed to parse, without quoting any of its content (the message may)."""
+    return _JSON_PROBLEMS.get(error.reason, "not JSON")
 
 
 def _numeric_date(claims: Mapping[str, Any], name: str) -> float | None:
