@@ -3,14 +3,17 @@
 Run: `.venv/bin/python bench/policy_costs.py [--out bench/results/policy_costs.json]`
 
 Measures on the board-packet example, one thread, after warm-up; reports the median of
-several repeats of a timed loop. The DESIGN.md §8 budget is mapping + embedded PDP <= 30 µs
-per tools/call. Not a test: timings never gate the suite.
+several repeats of a timed loop, as wall-clock time (`costs`) and as this thread's CPU time
+(`cpu_costs`, steadier on a shared machine), with the load average before and after. The
+DESIGN.md §8 budget is mapping + embedded PDP <= 30 µs per tools/call. Not a test: timings
+never gate the suite.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
@@ -24,9 +27,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from callwarden.policy.bundle import compile_server  # noqa: E402
+from callwarden.policy.cel import compile_expression, prepare  # noqa: E402
 from callwarden.policy.decide import decide  # noqa: E402
 from callwarden.policy.loader import load_config  # noqa: E402
 from callwarden.policy.model import ToolPolicy  # noqa: E402
+from callwarden.policy.pdp import RULE_VARIABLES  # noqa: E402
 
 EXAMPLE = ROOT / "examples" / "board-packet"
 CLAIMS = {
@@ -41,16 +46,18 @@ ALLOWED = {"name": "query_financials", "arguments": {"period": "2026-Q3", "entit
 DENIED = {"name": "query_financials", "arguments": {"period": "2026-Q3", "entity": "other-corp"}}
 
 
-def per_call_us(operation: Callable[[], Any], loops: int = 20_000, repeats: int = 5) -> float:
+def per_call_us(operation: Callable[[], Any], loops: int = 20_000, repeats: int = 5) -> tuple[float, float]:
+    """(wall, CPU) µs per call: the medians of `repeats` timed loops, after a warm-up."""
     for _ in range(loops // 10):
         operation()
-    samples = []
+    wall, cpu = [], []
     for _ in range(repeats):
-        started = time.perf_counter()
+        started, started_cpu = time.perf_counter(), time.thread_time()
         for _ in range(loops):
             operation()
-        samples.append((time.perf_counter() - started) / loops * 1e6)
-    return round(statistics.median(samples), 2)
+        cpu.append((time.thread_time() - started_cpu) / loops * 1e6)
+        wall.append((time.perf_counter() - started) / loops * 1e6)
+    return round(statistics.median(wall), 2), round(statistics.median(cpu), 2)
 
 
 def filler_policy(namespace: str, count: int) -> ToolPolicy:
@@ -69,37 +76,67 @@ def filler_policy(namespace: str, count: int) -> ToolPolicy:
     )
 
 
-def measure() -> dict[str, Any]:
+def measure() -> tuple[dict[str, Any], dict[str, Any]]:
+    """(wall-clock costs, CPU costs), the same keys in both."""
     config = load_config([EXAMPLE])
     server = config.servers["board-packet/finance"]
     policies = list(config.policies.values())
     compiled = compile_server(server, policies)
     mapped = compiled.mapping.map("tools/call", ALLOWED, CLAIMS)
     requests = mapped.requests  # type: ignore[union-attr]
-    results: dict[str, Any] = {
-        "mapping tools/call (platform mapping)": per_call_us(
-            lambda: compiled.mapping.map("tools/call", ALLOWED, CLAIMS)
-        ),
-        "embedded PDP, allowed request": per_call_us(lambda: compiled.pdp.evaluate_all(requests)),
-        "decide: mapping + PDP, allowed tools/call": per_call_us(
-            lambda: decide(compiled, "tools/call", ALLOWED, CLAIMS)
-        ),
-        "decide: mapping + PDP, denied tools/call": per_call_us(
-            lambda: decide(compiled, "tools/call", DENIED, CLAIMS)
-        ),
+    request = requests[0]
+    variables = {name: request.get(name, {}) for name in RULE_VARIABLES}
+    # The rules that apply to query_financials, as the PDP compiles them.
+    conditions = {
+        rule.name: compile_expression(rule.when, RULE_VARIABLES)
+        for policy in policies
+        for rule in policy.spec.rules
+        if "query_financials" in rule.tools and rule.when is not None
     }
-    scale = {}
+    warm = prepare(variables)
+    operations: dict[str, Callable[[], Any]] = {
+        "mapping tools/call (platform mapping)": lambda: compiled.mapping.map("tools/call", ALLOWED, CLAIMS),
+        "embedded PDP, mapped request (decide's path)": lambda: compiled.pdp.evaluate_mapped(requests),
+        "embedded PDP, allowed request": lambda: compiled.pdp.evaluate_all(requests),
+        "decide: mapping + PDP, allowed tools/call": lambda: decide(compiled, "tools/call", ALLOWED, CLAIMS),
+        "decide: mapping + PDP, denied tools/call": lambda: decide(compiled, "tools/call", DENIED, CLAIMS),
+        "CEL: prepare the rules' variables": lambda: prepare(variables),
+    }
+    wall: dict[str, Any] = {}
+    cpu: dict[str, Any] = {}
+    for name, operation in operations.items():
+        wall[name], cpu[name] = per_call_us(operation)
+    for rule, program in conditions.items():
+        for label, operation in (
+            ("CEL: one rule, on an activation already used", lambda p=program: p.evaluate_prepared(warm)),
+            ("CEL: one rule, evaluate(variables)", lambda p=program: p.evaluate(variables)),
+        ):
+            wall.setdefault(label, {})[rule], cpu.setdefault(label, {})[rule] = per_call_us(operation)
+    programs = list(conditions.values())
+
+    def every_rule_on_a_fresh_activation() -> list[Any]:
+        activation = prepare(variables)
+        return [program.evaluate_prepared(activation) for program in programs]
+
+    label = "CEL: prepare + every rule (a fresh activation, as the PDP does)"
+    wall[label], cpu[label] = per_call_us(every_rule_on_a_fresh_activation)
+    wall_scale, cpu_scale = {}, {}
     for count in (10, 100, 1_000, 10_000):
         grown = compile_server(server, [*policies, filler_policy(server.metadata.namespace, count)])
-        scale[str(count)] = per_call_us(lambda g=grown: decide(g, "tools/call", ALLOWED, CLAIMS), loops=5_000)
-    results["decide with N non-matching rules"] = scale
-    return results
+        wall_scale[str(count)], cpu_scale[str(count)] = per_call_us(
+            lambda g=grown: decide(g, "tools/call", ALLOWED, CLAIMS), loops=5_000
+        )
+    wall["decide with N non-matching rules"] = wall_scale
+    cpu["decide with N non-matching rules"] = cpu_scale
+    return wall, cpu
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "policy_costs.json"))
     args = parser.parse_args()
+    load_before = os.getloadavg()
+    wall, cpu = measure()
     report = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": {
@@ -108,7 +145,12 @@ def main() -> None:
             "cpu": platform.machine(),
         },
         "unit": "microseconds per operation, median of 5 repeats, one thread",
-        "costs": measure(),
+        "load_average": {
+            "before": [round(x, 2) for x in load_before],
+            "after": [round(x, 2) for x in os.getloadavg()],
+        },
+        "costs": wall,
+        "cpu_costs": cpu,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")

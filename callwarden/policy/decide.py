@@ -49,9 +49,19 @@ class Verdict:
 
 
 def decide(
-    server: CompiledServer, method: str, params: Mapping[str, Any] | None, claims: Mapping[str, Any]
+    server: CompiledServer,
+    method: str,
+    params: Mapping[str, Any] | list[Any] | None,
+    claims: Mapping[str, Any],
 ) -> Verdict:
-    """Decide one JSON-RPC request or notification. Never raises: every failure denies."""
+    """Decide one JSON-RPC request or notification. Never raises: every failure denies.
+
+    `params` as the message carries them: positional params (a list) are denied here, because no
+    mapping can read them and deciding the call as if it had none would authorize something else.
+    """
+    if isinstance(params, list):
+        error = JsonRpcError(DENIED, f"method {method!r}: params must be an object")
+        return Verdict(False, method, None, error, ("positional-params",))
     result = server.mapping.map(method, params, claims)
     if isinstance(result, PassThrough):
         return Verdict(True, method, None, None, ("pass-through",))
@@ -66,7 +76,7 @@ def decide(
 
 def _decide_requests(server: CompiledServer, method: str, result: AuthorizationRequests) -> Verdict:
     try:
-        decisions = server.pdp.evaluate_all(result.requests)
+        decisions = server.pdp.evaluate_mapped(result.requests)
     except Exception as error:  # a PDP that cannot answer denies, whatever went wrong
         message = f"Authorization service unavailable: {type(error).__name__}"
         return Verdict(False, method, result.tool, JsonRpcError(PDP_FAILURE, message), (), result.requests)

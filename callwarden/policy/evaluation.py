@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
+import orjson
+
 ENTITIES: Final = ("subject", "action", "resource")
 # Members of a request that the PDP reads; everything else is ignored, as the spec requires.
 REQUEST_MEMBERS: Final = (*ENTITIES, "context")
@@ -64,6 +66,24 @@ def request_problem(request: object) -> str | None:
                 return problem
         elif member != "context":
             return f"{member} is required"
+    return None
+
+
+def nesting_problem(request: Mapping[str, Any]) -> str | None:
+    """Why a request already known to be well-formed nests too deeply; None if it does not (the
+    one check of `request_problem` that a request's construction cannot guarantee)."""
+    try:
+        encoded = orjson.dumps(request)
+    except TypeError:  # not JSON data (CEL refuses it later): walk it
+        pass
+    else:
+        # Every level of nesting opens a bracket, so with no more brackets than levels allowed
+        # (counting those inside strings too) nothing nests too deeply: 0.5 µs instead of a walk.
+        if encoded.count(b"{") + encoded.count(b"[") <= MAX_DEPTH:
+            return None
+    for member in REQUEST_MEMBERS:
+        if member in request and _nests_deeper(request[member], MAX_DEPTH - 1):
+            return f"{member} nests deeper than {MAX_DEPTH} levels"
     return None
 
 

@@ -11,25 +11,31 @@ Rules are indexed by the names they can match (exact names in a dict, globs buck
 literal prefix), so rules aimed at other tools cost a few dict lookups however many there are.
 Rule names in decisions are qualified by their policy, `<namespace>/<policy>/<rule>`: two
 policies may both name a rule `allow-read`, and an audit line must say which one decided.
+
+With a policy information point (`policy.pip`), the subject's and resource's properties are
+enriched with the PIP's attributes (which win over the request's) before any `when` runs.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import functools
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from callwarden.policy.cel import ABSENT, CelCompileError, Program, compile_expression
+from callwarden.policy.cel import ABSENT, Activation, CelCompileError, Program, compile_expression, prepare
 from callwarden.policy.evaluation import (
     AuthzenRequestError,
     InvalidItem,
     check_evaluation_request,
+    nesting_problem,
     parse_evaluations,
     request_problem,
 )
 from callwarden.policy.model import Effect, ToolPolicy
+from callwarden.policy.pip import InformationSource, enrich
 
 __all__ = [
     "RULE_VARIABLES",
@@ -124,6 +130,7 @@ class _NameIndex:
                 matcher = re.compile(fnmatch.translate(glob)).match
                 globs.setdefault(glob[:wildcard], []).append((matcher, rule))
         self._exact = {name: tuple(rules.values()) for name, rules in exact.items()}
+        self.exact_names = tuple(self._exact)  # the names matched without a wildcard, in rule order
         self._globs = {prefix: tuple(entries) for prefix, entries in globs.items()}
         self._prefix_lengths = tuple(sorted({len(prefix) for prefix in globs}))
 
@@ -146,9 +153,14 @@ class _NameIndex:
 class EmbeddedPdp:
     """Decides complete SARC requests against compiled rules; safe to share between threads."""
 
-    def __init__(self, rules: Sequence[_CompiledRule]) -> None:
+    def __init__(self, rules: Sequence[_CompiledRule], information: InformationSource | None = None) -> None:
         self._tools = _NameIndex((glob, rule) for rule in rules for glob in rule.tools)
         self._methods = _NameIndex((glob, rule) for rule in rules for glob in rule.methods)
+        self.information = information
+
+    def action_names(self) -> tuple[str, ...]:
+        """The action names that rules target literally (`tools` entries without wildcards)."""
+        return self._tools.exact_names
 
     def evaluate(self, request: Mapping[str, Any]) -> Decision:
         """Decide one complete request. Never raises: a malformed request is denied."""
@@ -160,12 +172,28 @@ class EmbeddedPdp:
     def evaluate_all(self, requests: Sequence[Mapping[str, Any]]) -> list[Decision]:
         return [self.evaluate(request) for request in requests]
 
-    def access_evaluation(self, body: Mapping[str, Any]) -> dict[str, Any]:
-        """The Access Evaluation API; raises AuthzenRequestError for a malformed body (400)."""
-        check_evaluation_request(body)
-        return self._decide(body).to_authzen()
+    def evaluate_mapped(self, requests: Sequence[Mapping[str, Any]]) -> list[Decision]:
+        """`evaluate_all` for the requests of `ServerMapping.map`, which builds them well-formed
+        (every member present, of the right type): only their nesting, which tokens and arguments
+        decide, is checked again. Never raises on a request of that shape."""
+        decisions = []
+        for request in requests:
+            problem = nesting_problem(request)
+            if problem is None:
+                decisions.append(self._decide(request))
+            else:
+                decisions.append(Decision(False, (), f"malformed request: {problem}"))
+        return decisions
 
-    def access_evaluations(self, body: Mapping[str, Any]) -> dict[str, Any]:
+    def access_evaluation(self, body: Mapping[str, Any], *, explain: bool = True) -> dict[str, Any]:
+        """The Access Evaluation API; raises AuthzenRequestError for a malformed body (400).
+
+        `explain=False` answers `{"decision": bool}` alone, without the deciding rules' names.
+        """
+        check_evaluation_request(body)
+        return _answer(self._decide(body), explain)
+
+    def access_evaluations(self, body: Mapping[str, Any], *, explain: bool = True) -> dict[str, Any]:
         """The Access Evaluations (boxcar) API; raises AuthzenRequestError for a malformed body.
 
         An item that cannot be evaluated is answered `decision: false` with an error context.
@@ -174,7 +202,7 @@ class EmbeddedPdp:
         """
         evaluations = parse_evaluations(body)
         if evaluations is None:
-            return self.access_evaluation(body)
+            return self.access_evaluation(body, explain=explain)
         stop_at = {"deny_on_first_deny": False, "permit_on_first_permit": True}.get(evaluations.semantic)
         answers: list[dict[str, Any]] = []
         for item in evaluations.items:
@@ -182,7 +210,7 @@ class EmbeddedPdp:
                 allowed, answer = False, item.to_authzen()
             else:
                 decision = self._decide(item)
-                allowed, answer = decision.allowed, decision.to_authzen()
+                allowed, answer = decision.allowed, _answer(decision, explain)
             answers.append(answer)
             if allowed is stop_at:
                 break
@@ -196,7 +224,7 @@ class EmbeddedPdp:
             return Decision(False, (), f"malformed request: {error}")
         if not candidates:
             return _NO_RULE_ALLOWS
-        activation: dict[str, Any] | None = None
+        activation: Activation | None = None  # checked once, shared by the request's conditions
         denying: list[str] = []  # Deny rules that applied and rules that failed, in order
         denied_by: list[str] = []
         failures: list[str] = []
@@ -205,7 +233,9 @@ class EmbeddedPdp:
         for rule in candidates:
             if rule.when is not None:
                 if activation is None:
-                    activation = _activation(request)
+                    known = request if self.information is None else enrich(request, self.information)
+                    conditions = sum(candidate.when is not None for candidate in candidates)
+                    activation = prepare(_activation(known), shared=conditions > 1)
                 outcome = _condition(rule.when, activation)
                 if outcome is False:
                     continue
@@ -227,7 +257,7 @@ class EmbeddedPdp:
             verb = "requires" if len(approving) == 1 else "require"
             return Decision(False, tuple(approving), f"{_rules(approving)} {verb} approval", requestable=True)
         if allowing:
-            return Decision(True, tuple(allowing), f"allowed by {_rules(allowing)}")
+            return _allowed_by(tuple(allowing))
         return _NO_RULE_ALLOWS
 
     def _candidates(self, request: Mapping[str, Any]) -> Sequence[_CompiledRule]:
@@ -249,6 +279,17 @@ class EmbeddedPdp:
 _NO_RULE_ALLOWS: Final = Decision(False, (), "no rule allows this request")
 
 
+@functools.lru_cache(maxsize=4096)
+def _allowed_by(rules: tuple[str, ...]) -> Decision:
+    """Decisions are immutable and an allow names only its rules: a few sets of rules allow nearly
+    every request, so build each decision once (1 µs, 5% of a decision)."""
+    return Decision(True, rules, f"allowed by {_rules(rules)}")
+
+
+def _answer(decision: Decision, explain: bool) -> dict[str, Any]:
+    return decision.to_authzen() if explain else {"decision": decision.allowed}
+
+
 def _activation(request: Mapping[str, Any]) -> dict[str, Any]:
     """The CEL variables. Absent optional members are empty maps, so `has(subject.properties.x)`
     and `subject.?properties.x` work on requests that carry no properties or no context."""
@@ -264,10 +305,10 @@ def _with_properties(entity: dict[str, Any]) -> dict[str, Any]:
     return entity if "properties" in entity else {**entity, "properties": _EMPTY}
 
 
-def _condition(when: Program, activation: Mapping[str, Any]) -> bool | str:
+def _condition(when: Program, activation: Activation) -> bool | str:
     """The condition's value, or (a str) why it failed: a failure denies."""
     try:
-        result = when.evaluate(activation)
+        result = when.evaluate_prepared(activation)
     except Exception as error:  # whatever went wrong, the rule denies: never skip it
         return _clip(getattr(error, "message", None) or f"{type(error).__name__}: {error}")
     if type(result) is bool:
@@ -294,15 +335,18 @@ def check_policy(policy: ToolPolicy) -> list[PolicyCompileError]:
     return _compile_policy(policy, first_ordinal=0)[1]
 
 
-def compile_pdp(policies: Sequence[ToolPolicy]) -> EmbeddedPdp:
-    """Compile the policies that target one server; raises the first PolicyCompileError."""
+def compile_pdp(policies: Sequence[ToolPolicy], information: InformationSource | None = None) -> EmbeddedPdp:
+    """Compile the policies that target one server; raises the first PolicyCompileError.
+
+    `information`, when given, enriches every request before its rules run (`policy.pip`).
+    """
     rules: list[_CompiledRule] = []
     for policy in policies:
         compiled, errors = _compile_policy(policy, first_ordinal=len(rules))
         if errors:
             raise errors[0]
         rules.extend(compiled)
-    return EmbeddedPdp(rules)
+    return EmbeddedPdp(rules, information)
 
 
 def _compile_policy(

@@ -11,17 +11,22 @@ from __future__ import annotations
 import re
 from typing import Any, Final, Protocol
 
-from callwarden.policy.cel import ABSENT, CelEvaluationError, Program
+from callwarden.policy.cel import ABSENT, Activation, CelEvaluationError, Program, prepare
 
 # Input variables of the COAZ-MCP binding (and of D1): the JSON-RPC params and the token claims.
 VARIABLES: Final = ("token", "params")
 # Error texts travel back to the caller and into the audit log: keep them bounded.
 MAX_DETAIL_LENGTH: Final = 300
 
-# `token.sub`, `params.arguments.id`, `token.?client_id`: a plain selection path, optionally
-# ending in one optional selection. These are resolved in Python (see `Expression.resolve`).
+# `token.sub`, `params.arguments.id`, `token.?client_id`, `token.?roles.orValue([])`: a plain
+# selection path, optionally ending in one optional selection, itself optionally defaulted to a
+# simple literal. These are resolved in Python (see `Expression.resolve`).
 _SELECTOR = re.compile(
-    r"\s*(token|params)((?:\.[A-Za-z_][A-Za-z0-9_]*)*)(?:\.\?([A-Za-z_][A-Za-z0-9_]*))?\s*"
+    r"""\s*(token|params)((?:\.[A-Za-z_][A-Za-z0-9_]*)*)
+    (?:\.\?([A-Za-z_][A-Za-z0-9_]*)
+       (?:\.orValue\(\s*(\[\s*\]|\{\s*\}|true|false|null|-?[0-9]{1,18}|'[^'\\\n]*'|"[^"\\\n]*")\s*\))?
+    )?\s*""",
+    re.VERBOSE,
 )
 
 
@@ -40,12 +45,21 @@ def shorten(text: str, limit: int = MAX_DETAIL_LENGTH) -> str:
 class CallInputs:
     """The input variables of one call, and the same as a CEL activation."""
 
-    __slots__ = ("activation", "params", "token")
+    __slots__ = ("_prepared", "activation", "params", "token")
 
     def __init__(self, token: dict[str, Any], params: dict[str, Any]) -> None:
         self.token = token
         self.params = params
         self.activation = {"token": token, "params": params}
+        self._prepared: Activation | None = None
+
+    def prepared(self) -> Activation:
+        """The activation checked once for every expression of the call, when the first needs it:
+        a call whose expressions all resolve in Python never pays for the check. Most calls
+        leave at most one expression to CEL, so it is not built to be shared up front."""
+        if self._prepared is None:
+            self._prepared = prepare(self.activation, shared=False)
+        return self._prepared
 
 
 def describe(value: Any) -> str:
@@ -76,18 +90,34 @@ class Constant:
 _FALLBACK: Final = object()
 
 
+def _literal(text: str) -> Any:
+    """The value of an `orValue` default matched by `_SELECTOR` (no escapes in its strings)."""
+    if text[0] in "'\"":
+        return text[1:-1]
+    if text[0] in "[{":
+        return [] if text[0] == "[" else {}
+    return {"true": True, "false": False, "null": None}.get(text) if text[0].isalpha() else int(text)
+
+
+def _copy_of_strings(value: Any) -> Any:
+    """A copy of a list of strings (a request never aliases the token's claims), else _FALLBACK."""
+    if type(value) is list and all(type(item) is str for item in value):
+        return list(value)
+    return _FALLBACK
+
+
 class Expression:
     """A compiled CEL expression.
 
-    A plain selection path (`token.sub`, `params.name`, `token.?client_id`) that lands on a
-    string is the common case; through the CEL seam it costs several µs, mostly checking and
-    converting the whole activation, so it is resolved here with dict lookups instead. Any
-    other outcome (a missing key, a non-string value, a non-dict container) falls back to
-    CEL, so errors and non-string values always come from the one CEL implementation; the
-    tests check the two agree.
+    A plain selection path (`token.sub`, `params.name`, `token.?client_id`, optionally ending
+    in `.orValue(literal)`) that lands on a string or a list of strings, or on an absent optional
+    member, is the common case; through the CEL seam it costs several µs, mostly checking the
+    whole activation, so it is resolved here with dict lookups instead. Any other outcome (a
+    missing key, another value, a non-dict container) falls back to CEL, so errors and other
+    values always come from the one CEL implementation; the tests check the two agree.
     """
 
-    __slots__ = ("_keys", "_optional", "_root", "program", "where", "written")
+    __slots__ = ("_default", "_keys", "_optional", "_root", "program", "where", "written")
 
     def __init__(self, program: Program, written: str, where: str) -> None:
         self.program = program
@@ -97,10 +127,13 @@ class Expression:
         self._root: str | None = None
         self._keys: tuple[str, ...] = ()
         self._optional: str | None = None
+        self._default: Any = ABSENT  # what an absent optional member resolves to
         if selector is not None:
             self._root = selector.group(1)
             self._keys = tuple(selector.group(2).split(".")[1:])
             self._optional = selector.group(3)
+            if selector.group(4) is not None:
+                self._default = _literal(selector.group(4))
 
     def resolve(self, inputs: CallInputs) -> Any:
         if self._root is not None:
@@ -109,7 +142,7 @@ class Expression:
                 return value
         try:
             # The seam checks the activation is plain JSON (bounded depth) and so is the result.
-            return self.program.evaluate(inputs.activation)
+            return self.program.evaluate_prepared(inputs.prepared())
         except CelEvaluationError as error:
             written, detail = shorten(self.written, 200), shorten(error.message)
             raise MappingFault(f"field {self.where!r}: expression {written!r} failed: {detail}") from None
@@ -125,8 +158,9 @@ class Expression:
                 return _FALLBACK
             node = node.get(self._optional, ABSENT)
             if node is ABSENT:
-                return ABSENT
-        return node if type(node) is str else _FALLBACK
+                default = self._default  # a literal; an empty list or map is made afresh per call
+                return type(default)() if type(default) is list or type(default) is dict else default
+        return node if type(node) is str else _copy_of_strings(node)
 
 
 class Audience:
