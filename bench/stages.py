@@ -1,0 +1,245 @@
+"""Per-stage costs of one Check, in process (µs, median of repeats, one thread).
+
+    .venv/bin/python bench/stages.py [--json bench/results/stages.json] [--smoke]
+
+Each stage is the data path's own function on the board-packet finance server, with a
+CheckRequest shaped like the one Envoy sends (headers, raw body, context extension). The whole
+`Enforcer.check` is measured too; the stages do not add up to it exactly (the decision log's
+writer thread, metrics, and glue between the stages are not stages of their own).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH))
+
+from envoy.service.auth.v3.external_auth_pb2 import CheckRequest  # noqa: E402
+from harness import EXAMPLE, cpu_us_per_call, write_config  # noqa: E402
+
+from callwarden.demo.issuers import start_issuers  # noqa: E402
+from callwarden.extauthz import metrics  # noqa: E402
+from callwarden.extauthz.audit import DecisionLog, new_decision_id  # noqa: E402
+from callwarden.extauthz.decide import DECISION_HEADER, EnforcementState, Enforcer  # noqa: E402
+from callwarden.extauthz.jsonrpc import parse_body  # noqa: E402
+from callwarden.extauthz.responses import allow_response  # noqa: E402
+from callwarden.extauthz.token import JwksStore, TokenValidator  # noqa: E402
+from callwarden.policy.bundle import Bundle, compile_bundle  # noqa: E402
+from callwarden.policy.decide import decide  # noqa: E402
+from callwarden.policy.loader import load_config  # noqa: E402
+from callwarden.policy.mapping import AuthorizationRequests  # noqa: E402
+
+FINANCE = "board-packet/finance"
+DOCUMENTS = "board-packet/documents"
+FINANCE_AUDIENCE = "https://finance.board.example/mcp"
+DOCUMENTS_AUDIENCE = "https://documents.board.example/mcp"
+
+
+def check_request(
+    body: bytes, token: str, server: str = FINANCE, host: str = "finance.board.example"
+) -> CheckRequest:
+    """A CheckRequest as Envoy 1.40 sends it for a POST /mcp (headers seen in the tests' logs)."""
+    request = CheckRequest()
+    attributes = request.attributes
+    attributes.source.address.socket_address.address = "127.0.0.1"
+    attributes.source.address.socket_address.port_value = 51234
+    attributes.destination.address.socket_address.address = "127.0.0.1"
+    attributes.destination.address.socket_address.port_value = 10000
+    attributes.context_extensions["mcp_server"] = server
+    http = attributes.request.http
+    http.id = "12345678901234567890"
+    http.method = "POST"
+    http.path = "/mcp"
+    http.host = host
+    http.scheme = "http"
+    http.protocol = "HTTP/1.1"
+    http.size = len(body)
+    http.raw_body = body
+    http.headers.update(
+        {
+            ":authority": host,
+            ":method": "POST",
+            ":path": "/mcp",
+            ":scheme": "http",
+            "accept": "application/json, text/event-stream",
+            "authorization": f"Bearer {token}",
+            "content-length": str(len(body)),
+            "content-type": "application/json",
+            "mcp-protocol-version": "2025-06-18",
+            "user-agent": "bench",
+            "x-forwarded-proto": "http",
+            "x-request-id": "5f0c6a0e-6b55-4a36-9d0e-3f1f0a3b8a0c",
+        }
+    )
+    return request
+
+
+def request_bodies() -> dict[str, bytes]:
+    allowed = json.loads((EXAMPLE / "requests" / "query-q3-example-corp.json").read_text())
+    denied = json.loads((EXAMPLE / "requests" / "query-q3-other-corp.json").read_text())
+    batch = [{**allowed, "id": index} for index in range(1, 6)]
+    return {
+        name: json.dumps(body).encode()
+        for name, body in (("allowed", allowed), ("denied", denied), ("batch", batch))
+    }
+
+
+def bundle_for(issuer_config: Path) -> Bundle:
+    return compile_bundle(load_config([issuer_config]))
+
+
+def measure(smoke: bool) -> dict[str, Any]:
+    loops, repeats = (200, 1) if smoke else (20_000, 5)
+
+    def us(operation: Callable[[], Any], scale: int = 1) -> float:
+        return cpu_us_per_call(operation, loops=max(50, loops // scale), repeats=repeats)
+
+    bodies = request_bodies()
+    with (
+        start_issuers({"finance": 0, "documents": 0, "workflow": 0}) as issuers,
+        tempfile.TemporaryDirectory() as tmp,
+    ):
+        bundle = bundle_for(write_config(issuers, Path(tmp) / "config"))
+        finance = bundle.servers[FINANCE]
+        jwks = JwksStore()
+        rs_tokens = [
+            issuers["finance"].mint("alice", FINANCE_AUDIENCE, "board-agent", roles=["analyst"], ttl=3600)
+            for _ in range(2)
+        ]
+        es_tokens = [
+            issuers["documents"].mint("alice", DOCUMENTS_AUDIENCE, "board-agent", roles=["analyst"], ttl=3600)
+            for _ in range(2)
+        ]
+        cached = TokenValidator(finance.server, jwks)
+        # One-entry caches and two alternating tokens: every validation is a full signature check.
+        uncached_rs = TokenValidator(finance.server, jwks, cache_size=1)
+        uncached_es = TokenValidator(bundle.servers[DOCUMENTS].server, jwks, cache_size=1)
+        rs_headers = [f"Bearer {t}" for t in rs_tokens]
+        es_headers = [f"Bearer {t}" for t in es_tokens]
+        claims = cached.validate(rs_headers[0])
+        uncached_es.validate(es_headers[0])
+        flip = iter(range(10**12))
+
+        check = check_request(bodies["allowed"], rs_tokens[0])
+        wire = check.SerializeToString()
+        params = json.loads(bodies["allowed"])["params"]
+        mapped = finance.mapping.map("tools/call", params, claims)
+        assert isinstance(mapped, AuthorizationRequests)
+
+        log_path = Path(tmp) / "decisions.log"
+        decision_log = DecisionLog(path=str(log_path))
+        enforcer = Enforcer(EnforcementState.build(bundle, jwks), decision_log)
+        line = _sample_line(enforcer, check, log_path, decision_log)
+
+        def log_and_flush() -> None:
+            for _ in range(100):
+                decision_log.record(line)
+            decision_log.flush()
+
+        stages = {
+            "CheckRequest decode (protobuf, 1 KB)": us(lambda: CheckRequest.FromString(wire)),
+            "body parse (strict JSON-RPC, tools/call)": us(
+                lambda: parse_body(bodies["allowed"], max_bytes=1 << 20)
+            ),
+            "body parse (batch of 5)": us(lambda: parse_body(bodies["batch"], max_bytes=1 << 20)),
+            "token, cached": us(lambda: cached.validate(rs_headers[0])),
+            "token, first seen RS256 (full check)": us(
+                lambda: uncached_rs.validate(rs_headers[next(flip) % 2]), scale=20
+            ),
+            "token, first seen ES256 (full check)": us(
+                lambda: uncached_es.validate(es_headers[next(flip) % 2]), scale=20
+            ),
+            "mapping (tools/call)": us(lambda: finance.mapping.map("tools/call", params, claims)),
+            "PDP (embedded, allowed)": us(lambda: finance.pdp.evaluate_all(mapped.requests)),
+            "decide: mapping + PDP": us(lambda: decide(finance, "tools/call", params, claims)),
+            "decision id": us(new_decision_id),
+            "response build (allow) + serialize": us(
+                lambda: allow_response({DECISION_HEADER: "01J0000000000000000000000"}, []).SerializeToString()
+            ),
+            "metrics (counter + histogram)": us(_metrics_once),
+            "decision log: record (caller's share)": us(lambda: decision_log.record(line)),
+            "decision log: record + write (per line, amortised)": round(
+                us(log_and_flush, scale=100) / 100, 2
+            ),
+        }
+        decision_log.flush()
+        whole = {
+            "Enforcer.check, allowed, cached token": us(lambda: enforcer.check(check)),
+            "Enforcer.check, denied, cached token": us(
+                lambda: enforcer.check(check_request(bodies["denied"], rs_tokens[0])), scale=2
+            ),
+            "Enforcer.check, batch of 5, cached token": us(
+                lambda: enforcer.check(check_request(bodies["batch"], rs_tokens[0])), scale=2
+            ),
+            "building a CheckRequest (subtract from the two above)": us(
+                lambda: check_request(bodies["denied"], rs_tokens[0]), scale=2
+            ),
+        }
+        queue_only = _QueueOnlyLog(path=os.devnull)
+        quiet_enforcer = Enforcer(EnforcementState.build(bundle, jwks), queue_only)
+        whole["Enforcer.check, allowed, decision log writer never woken (diagnostic)"] = us(
+            lambda: quiet_enforcer.check(check)
+        )
+        queue_only.close()
+        decision_log.close()
+        jwks.close()
+    return {
+        "unit": "CPU µs per operation (all threads of the process), median of repeats",
+        "stages": stages,
+        "whole_check": whole,
+    }
+
+
+class _QueueOnlyLog(DecisionLog):
+    """Diagnostic only: serialises each line as `record` does but never wakes the writer thread,
+    to show what the writer's per-line wake-up costs the checking thread."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path=path)
+        self.kept: list[bytes] = []
+
+    def record(self, line: Mapping[str, Any]) -> None:
+        self.kept.append(orjson.dumps(dict(line), option=orjson.OPT_APPEND_NEWLINE))
+
+
+def _metrics_once() -> None:
+    metrics.DECISIONS.labels(server=FINANCE, decision="allow", code="200").inc()
+    metrics.CHECK_LATENCY.observe(0.0001)
+
+
+def _sample_line(
+    enforcer: Enforcer, check: CheckRequest, log_path: Path, decision_log: DecisionLog
+) -> dict[str, Any]:
+    """A real decision log line, as the enforcer wrote it."""
+    enforcer.check(check)
+    decision_log.flush()
+    line: dict[str, Any] = json.loads(log_path.read_text().splitlines()[-1])
+    return line
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--json", help="write the results here as JSON")
+    parser.add_argument("--smoke", action="store_true", help="a few loops only: proves it runs")
+    args = parser.parse_args()
+    results = measure(args.smoke)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
