@@ -91,7 +91,7 @@ def test_names_group_version_and_scope(kind: str, plural: str, short_name: str) 
 
 @pytest.mark.parametrize(
     ("kind", "columns"),
-    [("McpServer", ["Resource", "Ready", "Tools", "Age"]), ("ToolPolicy", ["Ready", "Age"])],
+    [("McpServer", ["Resource", "Ready", "Tools", "Enforced", "Age"]), ("ToolPolicy", ["Ready", "Age"])],
     ids=["McpServer", "ToolPolicy"],
 )
 def test_printer_columns(kind: str, columns: list[str]) -> None:

@@ -7,6 +7,7 @@ given, else the pod's service account (in cluster), else the usual `$KUBECONFIG`
 
 from __future__ import annotations
 
+import base64
 from typing import Any, Final, cast
 
 from kubernetes import client
@@ -131,6 +132,14 @@ class Kube:
             body=client.V1DeleteOptions(preconditions=preconditions),
             _request_timeout=REQUEST_TIMEOUT,
         )
+
+    # -- Secrets --
+
+    def read_secret_value(self, namespace: str, name: str, key: str) -> bytes | None:
+        """One key of a Secret, decoded; None if the Secret has no such key. 404/403 raise."""
+        secret = self.core.read_namespaced_secret(name, namespace, _request_timeout=REQUEST_TIMEOUT)
+        encoded = (secret.data or {}).get(key)
+        return None if encoded is None else base64.b64decode(encoded)
 
     # -- Events --
 

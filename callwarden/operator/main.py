@@ -14,13 +14,15 @@ import logging
 import os
 import socket
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import kopf
 
+from callwarden.operator.discovery import Discoverer
 from callwarden.operator.kubeclient import Kube, configuration, new_api_client
 from callwarden.operator.leader import LeaderElector
+from callwarden.operator.mesh import MeshOptions, MeshWiring
 from callwarden.operator.reconcile import Reconciler
 from callwarden.policy.model import API_GROUP, API_VERSION
 
@@ -38,6 +40,7 @@ class OperatorOptions:
     retry_period: float = 2.0
     resync_seconds: float = 60.0
     liveness: str | None = None
+    mesh: MeshOptions = field(default_factory=MeshOptions)
 
 
 def default_identity() -> str:
@@ -106,8 +109,18 @@ async def run_operator(options: OperatorOptions) -> None:
     def is_leader() -> bool:
         return elector is not None and elector.is_leader()
 
+    def discovery_changed(namespace: str) -> None:
+        # Called on a discovery thread; the reconciler's wake-up belongs to the loop.
+        loop.call_soon_threadsafe(reconciler.request, namespace)
+
+    discoverer = Discoverer(kube, on_change=discovery_changed)
     reconciler = Reconciler(
-        kube, is_leader=is_leader, identity=identity, resync_seconds=options.resync_seconds
+        kube,
+        is_leader=is_leader,
+        identity=identity,
+        resync_seconds=options.resync_seconds,
+        mesh=MeshWiring(kube, options.mesh) if options.mesh.mode != "none" else None,
+        discoverer=discoverer,
     )
 
     def leadership_changed(leader: bool) -> None:
@@ -126,6 +139,7 @@ async def run_operator(options: OperatorOptions) -> None:
     )
     elector.start()
     worker = asyncio.create_task(reconciler.run(), name="callwarden-reconciler")
+    discovering = asyncio.create_task(discoverer.run(is_leader), name="callwarden-discovery")
     log.info("operator %s started; Lease %s/%s", identity, options.lease_namespace, options.lease_name)
     try:
         await kopf.operator(
@@ -136,5 +150,6 @@ async def run_operator(options: OperatorOptions) -> None:
         )
     finally:
         worker.cancel()
+        discovering.cancel()
         await asyncio.to_thread(elector.stop)
         log.info("operator %s stopped", identity)

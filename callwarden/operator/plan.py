@@ -32,14 +32,17 @@ from callwarden.operator.configmaps import (
     merge_objects,
     read_shard,
 )
+from callwarden.operator.pinning import DiscoveryResult, Pinning, pin
 from callwarden.operator.status import (
     INVALID,
+    MAPPING_CHANGED,
     READY,
     Condition,
     EventSpec,
     conditions,
     status_patch,
     transition,
+    transition_of,
 )
 from callwarden.operator.validation import (
     PolicyCheck,
@@ -70,7 +73,8 @@ class StatusUpdate:
     uid: str
     resource_version: str
     patch: dict[str, Any]
-    event: EventSpec | None
+    event: EventSpec | None  # a Ready transition
+    mapping_event: EventSpec | None = None  # a MappingChanged transition (pinning.py)
 
 
 @dataclass
@@ -94,6 +98,7 @@ class _ServerOutcome:
     enforced_generation: int | None = None
     bundle: ServerBundle | None = None  # what its ConfigMaps hold once the plan is carried out
     problem: tuple[str, str] | None = None  # (reason, message) when the bundle cannot be published
+    pinning: Pinning | None = None  # mapping discovery's part (pinning.py), when the spec asks for it
 
 
 @dataclass
@@ -109,7 +114,12 @@ def plan_namespace(
     policies: Sequence[Mapping[str, Any]],
     configmaps: Sequence[dict[str, Any]],
     now: str,
+    *,
+    enforcement: Mapping[str, Mapping[str, Any]] | None = None,
+    discovered: Mapping[str, DiscoveryResult] | None = None,
 ) -> NamespacePlan:
+    """`enforcement`: McpServer name -> `status.enforcement` (mesh coverage, from mesh.py).
+    `discovered`: McpServer name -> its latest mapping discovery (discovery.py), as data."""
     plan = NamespacePlan(namespace)
     ours = [cm for cm in configmaps if (cm["metadata"].get("labels") or {}).get(MANAGED_BY_LABEL) == MANAGER]
     existing = {cm["metadata"]["name"]: cm for cm in ours}
@@ -136,14 +146,16 @@ def plan_namespace(
     outcomes: dict[str, _ServerOutcome] = {}
     for name, obj in sorted(live_servers.items()):
         key = f"{namespace}/{name}"
-        outcome = outcomes[name] = _plan_server(plan, obj, published.get(key), effective, existing)
+        outcome = outcomes[name] = _plan_server(
+            plan, obj, published.get(key), effective, existing, discovered=(discovered or {}).get(name)
+        )
         if outcome.bundle is None:  # nothing to enforce: no ConfigMaps may linger
             plan.deletes.extend(cm for cm in ours if _server_key(cm) == key)
     live_keys = {f"{namespace}/{name}" for name in live_servers}
     plan.deletes.extend(cm for cm in ours if _server_key(cm) not in live_keys)
 
     for name, obj in sorted(live_servers.items()):
-        _server_status(plan, obj, outcomes[name], now)
+        _server_status(plan, obj, outcomes[name], now, (enforcement or {}).get(name))
     for obj in sorted(policies, key=_name):
         _policy_status(
             plan,
@@ -165,6 +177,8 @@ def _plan_server(
     published: ServerBundle | None,
     effective: Mapping[str, _PolicyOutcome],
     existing: Mapping[str, dict[str, Any]],
+    *,
+    discovered: DiscoveryResult | None,
 ) -> _ServerOutcome:
     check = check_server(obj)
     outcome = _ServerOutcome(check, bundle=published)
@@ -174,6 +188,10 @@ def _plan_server(
             check.server,
             _generation(obj),
         )
+        if check.server.spec.discovery is not None:
+            last = published.objects[0] if published else None
+            outcome.pinning = pin(check.server, source, discovered, last, obj.get("status") or {})
+            source = outcome.pinning.source
     else:
         last = _same_object(published.objects[0] if published else None, obj)
         model = _validated(last)
@@ -206,7 +224,13 @@ def _plan_server(
     return outcome
 
 
-def _server_status(plan: NamespacePlan, obj: Mapping[str, Any], outcome: _ServerOutcome, now: str) -> None:
+def _server_status(
+    plan: NamespacePlan,
+    obj: Mapping[str, Any],
+    outcome: _ServerOutcome,
+    now: str,
+    enforcement: Mapping[str, Any] | None = None,
+) -> None:
     check, bundle = outcome.check, outcome.bundle
     wanted: list[Condition]
     if check.reason is not None:
@@ -227,19 +251,26 @@ def _server_status(plan: NamespacePlan, obj: Mapping[str, Any], outcome: _Server
         assert bundle is not None
         message = f"bundle revision {bundle.revision} published in ConfigMap {', '.join(bundle.configmaps)}"
         wanted = [Condition(READY, True, PUBLISHED, message), Condition(INVALID, False, VALID, "")]
+    pinning = outcome.pinning
+    if pinning is not None:
+        wanted.extend(pinning.conditions)
     previous = obj.get("status") or {}
     status: dict[str, Any] = {
         "observedGeneration": _generation(obj),
         "conditions": conditions(previous, wanted, _generation(obj), now),
     }
     if check.server is not None:
-        status["toolCount"] = len(check.tools)
-        status["tools"] = [tool.to_status() for tool in check.tools]
+        status["tools"] = [t.to_status() for t in check.tools] if pinning is None else pinning.tools
+        status["toolCount"] = len(status["tools"])
+    if pinning is not None:
+        status["discovery"] = pinning.discovery
     if bundle is not None:
         status["enforcedGeneration"] = _generation(bundle.objects[0])
         status["bundleRevision"] = bundle.revision
         status["bundleConfigMaps"] = list(bundle.configmaps)
         status["policies"] = sorted(_name(o) for o in bundle.objects[1:])
+    if enforcement is not None:
+        status["enforcement"] = dict(enforcement)
     _add_status(plan, plural="mcpservers", kind="McpServer", obj=obj, previous=previous, status=status)
 
 
@@ -341,6 +372,7 @@ def _add_status(
             resource_version=metadata.get("resourceVersion", ""),
             patch=status_patch(previous, status),
             event=transition(previous, status),
+            mapping_event=transition_of(MAPPING_CHANGED, previous, status),
         )
     )
 

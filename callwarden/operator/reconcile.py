@@ -22,9 +22,11 @@ from typing import Any, Final
 from kubernetes.client.exceptions import ApiException
 
 from callwarden.operator.configmaps import BUNDLE_SELECTOR, MANAGED_BY_LABEL, MANAGER, REVISION_ANNOTATION
+from callwarden.operator.discovery import Discoverer
 from callwarden.operator.kubeclient import Kube, describe_error
+from callwarden.operator.mesh import MeshWiring
 from callwarden.operator.plan import NamespacePlan, StatusUpdate, plan_namespace
-from callwarden.operator.status import timestamp
+from callwarden.operator.status import EventSpec, timestamp
 from callwarden.policy.model import GROUP_VERSION
 
 log = logging.getLogger(__name__)
@@ -49,8 +51,12 @@ class Reconciler:
         identity: str,
         resync_seconds: float = 60.0,
         debounce_seconds: float = 0.1,
+        mesh: MeshWiring | None = None,
+        discoverer: Discoverer | None = None,
     ) -> None:
         self.kube = kube
+        self.mesh = mesh
+        self.discoverer = discoverer
         self.is_leader = is_leader
         self.identity = identity
         self.resync_seconds = resync_seconds
@@ -135,7 +141,20 @@ class Reconciler:
         servers = self.kube.list_custom("mcpservers", namespace)
         policies = self.kube.list_custom("toolpolicies", namespace)
         configmaps, _ = self.kube.list_configmaps(namespace, OWN_BUNDLES)
-        plan = plan_namespace(namespace, servers, policies, configmaps, timestamp())
+        coverage = self.mesh.wire(namespace, servers, self._guard) if self.mesh is not None else None
+        discovered = None
+        if self.discoverer is not None:
+            self.discoverer.track(namespace, servers)
+            discovered = self.discoverer.results(namespace)
+        plan = plan_namespace(
+            namespace,
+            servers,
+            policies,
+            configmaps,
+            timestamp(),
+            enforcement=coverage,
+            discovered=discovered,
+        )
         self.apply(plan)
         return plan
 
@@ -186,11 +205,11 @@ class Reconciler:
             ready and ready["status"],
             ready and ready["reason"],
         )
-        if update.event is not None:
-            self._post_event(update)
+        for event in (update.event, update.mapping_event):
+            if event is not None:
+                self._post_event(update, event)
 
-    def _post_event(self, update: StatusUpdate) -> None:
-        assert update.event is not None
+    def _post_event(self, update: StatusUpdate, event: EventSpec) -> None:
         now = timestamp()
         body: dict[str, Any] = {
             "apiVersion": "v1",
@@ -203,9 +222,9 @@ class Reconciler:
                 "namespace": update.namespace,
                 "uid": update.uid,
             },
-            "type": update.event.type,
-            "reason": update.event.reason,
-            "message": update.event.message[:1024],
+            "type": event.type,
+            "reason": event.reason,
+            "message": event.message[:1024],
             "source": {"component": COMPONENT},
             "reportingComponent": COMPONENT,
             "reportingInstance": self.identity[:128],

@@ -5,6 +5,11 @@ Two condition types, as `kubectl wait --for=condition=Ready` and dashboards expe
   not (`SchemaError`, `MappingError`, `CompileError`, `TargetNotFound`, `BundleTooLarge`...).
 - `Invalid`: the spec itself is rejected, with a message naming every field and expression at
   fault; `False` (reason `Valid`) otherwise.
+An McpServer with mapping discovery (pinning.py) has two more:
+- `Discovered`: its tools/list was read (`ToolsListed`), or why not (`CredentialMissing`,
+  `CredentialForbidden`, `ServerUnreachable`, `ListingRejected`...).
+- `MappingChanged`: `True` while the server declares a mapping the spec has not accepted
+  (`MappingNotAccepted`) or one that does not compile (`MappingInvalid`).
 `lastTransitionTime` moves only when a condition's status flips, as the API conventions say.
 """
 
@@ -17,6 +22,8 @@ from typing import Any, Final
 
 READY: Final = "Ready"
 INVALID: Final = "Invalid"
+DISCOVERED: Final = "Discovered"
+MAPPING_CHANGED: Final = "MappingChanged"
 MAX_MESSAGE: Final = 4000
 
 
@@ -79,9 +86,29 @@ def transition(previous: Mapping[str, Any], current: Mapping[str, Any]) -> Event
     return EventSpec(kind, str(after["reason"]), str(after.get("message", "")))
 
 
+def transition_of(kind: str, previous: Mapping[str, Any], current: Mapping[str, Any]) -> EventSpec | None:
+    """The Event for a warning condition `kind` (True is the problem): a Warning when it turns
+    True or its message changes while True (one more tool changed), a Normal one when it clears."""
+    before, after = _condition(previous, kind), _condition(current, kind)
+    if after is None:
+        return None
+    was_true = before is not None and before.get("status") == "True"
+    if after["status"] == "True":
+        if was_true and before is not None and before.get("message") == after.get("message"):
+            return None
+        return EventSpec("Warning", str(after["reason"]), str(after.get("message", "")))
+    if not was_true:
+        return None
+    return EventSpec("Normal", str(after["reason"]), str(after.get("message", "")))
+
+
 def _ready(status: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    return _condition(status, READY)
+
+
+def _condition(status: Mapping[str, Any], kind: str) -> Mapping[str, Any] | None:
     for condition in status.get("conditions") or []:
-        if isinstance(condition, Mapping) and condition.get("type") == READY:
+        if isinstance(condition, Mapping) and condition.get("type") == kind:
             return condition
     return None
 

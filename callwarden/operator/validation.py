@@ -17,7 +17,7 @@ from typing import Any, Final, Literal
 from callwarden.policy.loader import ConfigError, config_from_objects
 from callwarden.policy.mapping import MappingCompileError, compile_server_mapping
 from callwarden.policy.mapping.defaults import default_mappings
-from callwarden.policy.model import McpServer, ToolPolicy
+from callwarden.policy.model import McpServer, Tool, ToolPolicy
 from callwarden.policy.pdp import check_policy
 
 # Condition reasons (CamelCase, as Kubernetes conventions want).
@@ -26,7 +26,7 @@ MAPPING_ERROR: Final = "MappingError"
 COMPILE_ERROR: Final = "CompileError"
 
 MappingSource = Literal["platform", "declared", "default"]
-_DECLARED_KEYS: Final = ("x-coaz-mapping", "x-authzen-mapping")
+DECLARED_KEYS: Final = ("x-coaz-mapping", "x-authzen-mapping")
 
 
 @dataclass(frozen=True)
@@ -82,7 +82,7 @@ def check_server(obj: Mapping[str, Any]) -> ServerCheck:
     except ConfigError as error:
         return ServerCheck(None, SCHEMA_ERROR, _schema_problems(error))
     (server,) = config.servers.values()
-    tools = tuple(_tool_mapping(server, index) for index in range(len(server.spec.tools)))
+    tools = tuple(describe_tool(server, tool) for tool in server.spec.tools)
     errors = compile_server_mapping(server).errors
     if errors:
         problems = tuple(_mapping_problem(server, error) for error in errors)
@@ -115,20 +115,21 @@ def _mapping_problem(server: McpServer, error: MappingCompileError) -> Problem:
     return Problem(f"spec.tools[{index}].{within}{error.field}", error.expression, error.message)
 
 
-def _tool_mapping(server: McpServer, index: int) -> ToolMapping:
+def describe_tool(server: McpServer, tool: Tool) -> ToolMapping:
     """Which mapping a tools/call to this tool uses (platform > declared > default), hashed."""
-    tool = server.spec.tools[index]
     if tool.mapping is not None:
-        return ToolMapping(tool.name, "platform", _sha256(tool.mapping))
+        return ToolMapping(tool.name, "platform", mapping_sha256(tool.mapping))
     schema = (tool.declared or {}).get("inputSchema")
     if isinstance(schema, dict):
-        for key in _DECLARED_KEYS:
+        for key in DECLARED_KEYS:
             if key in schema:
-                return ToolMapping(tool.name, "declared", _sha256(schema[key]))
+                return ToolMapping(tool.name, "declared", mapping_sha256(schema[key]))
     default = default_mappings(server.spec.identity.agent_claim)["tools/call"]
-    return ToolMapping(tool.name, "default", _sha256(default))
+    return ToolMapping(tool.name, "default", mapping_sha256(default))
 
 
-def _sha256(value: Any) -> str:
+def mapping_sha256(value: Any) -> str:
+    """SHA-256 (hex) of a mapping's canonical JSON: sorted keys, no spaces, UTF-8. The hash an
+    McpServer's `acceptedMappingHash` pins and status.tools reports."""
     canonical = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(canonical.encode()).hexdigest()

@@ -97,6 +97,7 @@ KINDS: Final = (
             {"name": "Resource", "type": "string", "jsonPath": ".spec.resource", "priority": 1},
             _READY_COLUMN,
             {"name": "Tools", "type": "integer", "jsonPath": ".status.toolCount"},
+            {"name": "Enforced", "type": "boolean", "jsonPath": ".status.enforcement.covered"},
             _AGE_COLUMN,
         ),
     ),

@@ -31,6 +31,7 @@ GLOB = r"^[A-Za-z0-9_.\-/*?\[\]!]{1,128}$"
 Glob = Annotated[str, StringConstraints(pattern=GLOB)]
 CelSource = Annotated[str, StringConstraints(min_length=1, max_length=4096)]
 Url = Annotated[str, StringConstraints(pattern=r"^https?://[^\s]+$", max_length=2048)]
+Sha256Hex = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 
 ASYMMETRIC_ALGORITHMS = (
     "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA",
@@ -122,6 +123,33 @@ class Tool(Spec):
     name: ToolName
     mapping: dict[str, Any] | None = None
     declared: dict[str, Any] | None = None
+    accepted_mapping_hash: Sha256Hex | None = Field(
+        default=None,
+        description="SHA-256 (hex, of the canonical JSON) of the declared mapping that discovery may "
+        "enforce for this tool; the operator reports each discovered mapping's hash in status.tools.",
+    )
+
+
+class SecretKeyRef(Spec):
+    """One key of a Secret in the McpServer's own namespace."""
+
+    name: Name
+    key: Annotated[str, StringConstraints(pattern=r"^[-._a-zA-Z0-9]{1,253}$")]
+
+
+class Discovery(Spec):
+    """Mapping discovery: the operator lists the server's tools (MCP tools/list) on an interval.
+
+    Declared mappings learned this way are untrusted input, pinned by hash: a tool's declared
+    mapping is enforced only while its hash equals the tool's `acceptedMappingHash`.
+    """
+
+    url: Url = Field(description="The MCP endpoint the operator calls, e.g. the in-cluster Service URL.")
+    credential_secret_ref: SecretKeyRef = Field(
+        description="A bearer token the operator sends (Secret in this namespace; the operator needs "
+        "`get` on it, see deploy/rbac/operator.yaml)."
+    )
+    interval_seconds: int = Field(default=300, ge=10, le=86_400)
 
 
 class AuthzenPdp(Spec):
@@ -158,6 +186,7 @@ class McpServerSpec(Spec):
         description="HTTP status of a JSON-RPC deny (200 lets MCP clients see a protocol error).",
     )
     max_request_bytes: int = Field(default=1_048_576, ge=1024, le=8_388_608)
+    discovery: Discovery | None = None
 
     @field_validator("tools")
     @classmethod
