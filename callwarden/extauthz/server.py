@@ -18,6 +18,8 @@ from __future__ import annotations
 import logging
 import threading
 from concurrent import futures
+from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol
 
@@ -41,6 +43,17 @@ MAX_CHECK_MESSAGE_BYTES = 16 * 1024 * 1024
 # How often the gRPC health status is re-read from the readiness probe (for Watch streams).
 HEALTH_REFRESH_SECONDS = 0.5
 
+
+@dataclass(frozen=True)
+class ServerTls:
+    """PEM key pair for serving Check over TLS (Envoy's ext_authz cluster then uses TLS too)."""
+
+    certificate_chain: bytes
+    private_key: bytes
+
+    @classmethod
+    def from_files(cls, certificate: str, key: str) -> ServerTls:
+        return cls(Path(certificate).read_bytes(), Path(key).read_bytes())
 
 
 class Checker(Protocol):
@@ -142,13 +155,14 @@ def serve(
     ready: ReadyProbe = _always_ready,
     registry: CollectorRegistry | None = None,
     reuse_port: bool = False,
+    tls: ServerTls | None = None,
 ) -> RunningServer:
     """Start the ext_authz gRPC server on `listen` (`host:port`, port 0 picks one).
 
     `ready` drives gRPC health and /readyz. `registry` is what /metrics exports (default: the
     data path's `callwarden.extauthz.metrics.REGISTRY`). `reuse_port` lets several processes share the port
     (SO_REUSEPORT); off by default so a second server on a taken port fails loudly instead of
-    silently splitting traffic with a stale one.
+    silently splitting traffic with a stale one. `tls` serves gRPC over TLS instead of plaintext.
     """
     options: list[tuple[str, Any]] = [
         ("grpc.so_reuseport", 1 if reuse_port else 0),
@@ -162,7 +176,11 @@ def serve(
     checks_health = _Health(ready)
     health_pb2_grpc.add_HealthServicer_to_server(checks_health.servicer, server)
     try:
-        port = server.add_insecure_port(listen)
+        if tls is None:
+            port = server.add_insecure_port(listen)
+        else:
+            credentials = grpc.ssl_server_credentials([(tls.private_key, tls.certificate_chain)])
+            port = server.add_secure_port(listen, credentials)
     except RuntimeError as error:
         checks_health.shut_down()
         raise OSError(f"ext_authz cannot listen on {listen}: {error}") from error

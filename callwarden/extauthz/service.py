@@ -8,7 +8,7 @@ integration tests, all start enforcement through these two functions.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +17,7 @@ from typing import IO
 from callwarden.extauthz.audit import DecisionLog
 from callwarden.extauthz.decide import EnforcementState, Enforcer
 from callwarden.extauthz.envoy import EnvoyProcess, render_bootstrap
-from callwarden.extauthz.server import DEFAULT_WORKERS, RunningServer, serve
+from callwarden.extauthz.server import DEFAULT_WORKERS, RunningServer, ServerTls, serve
 from callwarden.extauthz.token import JwksStore
 from callwarden.policy.bundle import Bundle
 
@@ -40,11 +40,20 @@ class ExtAuthz:
         self.enforcer.swap(EnforcementState.build(bundle, self.jwks))
 
 
-def _readiness(decision_log: DecisionLog) -> tuple[bool, str]:
+ReadyCheck = Callable[[], tuple[bool, str]]
+
+
+def _readiness(decision_log: DecisionLog, checks: Sequence[ReadyCheck]) -> tuple[bool, str]:
     # A decision that cannot be logged must not be made silently: stop taking traffic instead.
     if not decision_log.healthy:
         return False, "decision log is backlogged or its sink is failing"
-    return True, "ready"
+    messages = []
+    for check in checks:
+        ready, message = check()
+        if not ready:
+            return False, message
+        messages.append(message)
+    return True, "; ".join(messages) or "ready"
 
 
 @contextmanager
@@ -56,16 +65,32 @@ def start_extauthz(
     audit_path: str | None = None,
     audit_stream: IO[str] | None = None,
     workers: int = DEFAULT_WORKERS,
+    jwks: JwksStore | None = None,
+    ready_checks: Sequence[ReadyCheck] = (),
+    tls: ServerTls | None = None,
 ) -> Iterator[ExtAuthz]:
-    """Serve Envoy's Check for `bundle` until the block exits; the decision log is flushed then."""
+    """Serve Envoy's Check for `bundle` until the block exits; the decision log is flushed then.
+
+    `jwks` is a key store the caller configured (and closes); by default one with the standard
+    refresh intervals is made here. gRPC health and /readyz report ready while the decision log
+    keeps up and every one of `ready_checks` says ready (e.g. a bundle watcher that has synced);
+    the first check that fails gives the reason. `tls` serves gRPC over TLS.
+    """
     with ExitStack() as stack:
-        jwks = JwksStore()
-        stack.callback(jwks.close)
+        if jwks is None:
+            jwks = JwksStore()
+            stack.callback(jwks.close)
         decision_log = DecisionLog(stream=audit_stream, path=audit_path)
         stack.callback(decision_log.close)
         enforcer = Enforcer(EnforcementState.build(bundle, jwks), decision_log)
+        checks = tuple(ready_checks)
         server = serve(
-            enforcer, listen, http_listen=http_listen, workers=workers, ready=lambda: _readiness(decision_log)
+            enforcer,
+            listen,
+            http_listen=http_listen,
+            workers=workers,
+            ready=lambda: _readiness(decision_log, checks),
+            tls=tls,
         )
         stack.callback(server.stop)
         yield ExtAuthz(server, enforcer, decision_log, jwks)
@@ -90,10 +115,11 @@ def start_gateway(
     listen_address: str = "127.0.0.1",
     audit_path: str | None = None,
     audit_stream: IO[str] | None = None,
+    jwks: JwksStore | None = None,
 ) -> Iterator[Gateway]:
     """Envoy on `port` in front of every McpServer's upstream, checking each request here."""
     servers = [compiled.server for compiled in bundle.servers.values()]
-    with start_extauthz(bundle, audit_path=audit_path, audit_stream=audit_stream) as ext_authz:
+    with start_extauthz(bundle, audit_path=audit_path, audit_stream=audit_stream, jwks=jwks) as ext_authz:
         bootstrap = render_bootstrap(
             servers, ext_authz=ext_authz.address, listen_address=listen_address, listen_port=port
         )

@@ -32,8 +32,7 @@ from kubernetes.client.exceptions import ApiException
 from prometheus_client import Counter
 
 from callwarden.extauthz import metrics
-from callwarden.extauthz.http_endpoints import HttpEndpoints
-from callwarden.extauthz.server import DEFAULT_WORKERS
+from callwarden.extauthz.server import DEFAULT_WORKERS, ServerTls
 from callwarden.extauthz.service import ExtAuthz, start_extauthz
 from callwarden.operator.configmaps import (
     BUNDLE_SELECTOR,
@@ -312,24 +311,16 @@ class BundleWatcher:
         return self._verdicts[key]
 
 
-def readiness(ext_authz: ExtAuthz, watcher: BundleWatcher) -> tuple[bool, str]:
-    """/readyz: the decision log must keep up, and a bundle must have been loaded."""
-    if not ext_authz.decision_log.healthy:
-        return False, "decision log is backlogged or its sink is failing"
-    return watcher.readiness()
-
-
 @dataclass
 class KubernetesExtAuthz:
-    """ext_authz following the bundle ConfigMaps: the service, its watcher, its HTTP endpoints."""
+    """ext_authz following the bundle ConfigMaps: the service and its watcher."""
 
     ext_authz: ExtAuthz
     watcher: BundleWatcher
-    endpoints: HttpEndpoints | None
 
     @property
     def http_port(self) -> int | None:
-        return self.endpoints.port if self.endpoints is not None else None
+        return self.ext_authz.server.http_port
 
 
 @contextmanager
@@ -342,27 +333,29 @@ def start_kubernetes_extauthz(
     audit_path: str | None = None,
     audit_stream: IO[str] | None = None,
     workers: int = DEFAULT_WORKERS,
+    tls: ServerTls | None = None,
 ) -> Iterator[KubernetesExtAuthz]:
     """ext_authz serving the bundle the API server holds, following it until the block exits.
 
     The first bundle is listed before the gRPC port opens, so the service never answers from an
-    empty configuration when the API server could have told it the real one.
+    empty configuration when the API server could have told it the real one. gRPC health and
+    /readyz also say whether a bundle was loaded from the API (`BundleWatcher.readiness`).
     """
     watcher = BundleWatcher(kube, lambda bundle: None, namespace=namespace)
     bundle = watcher.load()
     with start_extauthz(
-        bundle, listen=listen, audit_path=audit_path, audit_stream=audit_stream, workers=workers
+        bundle,
+        listen=listen,
+        http_listen=http_listen,
+        audit_path=audit_path,
+        audit_stream=audit_stream,
+        workers=workers,
+        ready_checks=(watcher.readiness,),
+        tls=tls,
     ) as ext_authz:
         watcher.swap = ext_authz.swap
         watcher.start()
-        endpoints = None
         try:
-            if http_listen is not None:
-                endpoints = HttpEndpoints(
-                    http_listen, ready=lambda: readiness(ext_authz, watcher), registry=metrics.REGISTRY
-                )
-            yield KubernetesExtAuthz(ext_authz, watcher, endpoints)
+            yield KubernetesExtAuthz(ext_authz, watcher)
         finally:
-            if endpoints is not None:
-                endpoints.stop()
             watcher.stop()
