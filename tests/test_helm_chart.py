@@ -1,0 +1,285 @@
+"""The Helm chart (charts/callwarden): lint, render for every integration, and dry-run on a real API server.
+
+Each values file under charts/callwarden/ci/ (and the defaults) is rendered with `helm template`
+and sent to the test environment's kube-apiserver with `kubectl apply --dry-run=server`, which
+runs the real schema validation and admission of Deployments, Services, HPAs, PDBs,
+NetworkPolicies and RBAC. The objects whose content is a security decision (RBAC rules,
+NetworkPolicy) are compared with snapshots in tests/snapshots/ (regenerate with
+CALLWARDEN_UPDATE_SNAPSHOTS=1, see tests/support/snapshots.py).
+
+The mesh objects the operator writes (Istio AuthorizationPolicy, Envoy Gateway SecurityPolicy) are
+tested in tests/test_operator_mesh.py against tests/fixtures/mesh-crds/: minimal structural CRDs
+(spec preserved, not validated) that stand in for Istio's and Envoy Gateway's real CRDs, which
+cannot be downloaded here.
+"""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+import pytest
+import yaml
+
+from callwarden.extauthz.envoy import envoy_binary
+from callwarden.policy.crds import rendered_files
+from tests.support.operator import ROOT, install_crds, namespace_object
+from tests.support.snapshots import assert_snapshot
+
+if TYPE_CHECKING:  # pytest_plugins imports it first, for assert rewriting
+    from tests.support.kube import Kube
+
+pytest_plugins = ("tests.support.kube",)
+
+CHART: Final = ROOT / "charts" / "callwarden"
+NAMESPACE: Final = "callwarden-system"
+VARIANTS: Final = {
+    "default": None,
+    "istio": CHART / "ci" / "istio-values.yaml",
+    "envoy-gateway": CHART / "ci" / "envoy-gateway-values.yaml",
+    "gateway": CHART / "ci" / "gateway-values.yaml",
+    "tls": CHART / "ci" / "tls-values.yaml",
+    "kind": ROOT / "e2e" / "kind" / "values.yaml",  # what e2e/kind.sh installs
+}
+SECURITY_KINDS: Final = ("ClusterRole", "Role", "NetworkPolicy")
+
+
+def helm_template(kube: Kube, values: Path | None, *extra: str, check: bool = True) -> str:
+    args = ["template", "callwarden", str(CHART), "--namespace", NAMESPACE]
+    if values is not None:
+        args += ["--values", str(values)]
+    return kube.run_helm(*args, *extra, check=check).stdout
+
+
+def objects(rendered: str) -> list[dict[str, Any]]:
+    return [doc for doc in yaml.safe_load_all(rendered) if doc]
+
+
+@pytest.fixture(scope="module")
+def rendered(kube: Kube) -> dict[str, list[dict[str, Any]]]:
+    return {name: objects(helm_template(kube, values)) for name, values in VARIANTS.items()}
+
+
+@pytest.fixture(scope="module")
+def cluster(kube: Kube) -> Kube:
+    """CRDs installed first (the chart's crds/ are the same files), and the namespaces it uses."""
+    install_crds(kube)
+    kube.apply(namespace_object(NAMESPACE), namespace_object("board-packet"))
+    return kube
+
+
+def of_kind(found: list[dict[str, Any]], kind: str, component: str | None = None) -> list[dict[str, Any]]:
+    return [
+        o
+        for o in found
+        if o["kind"] == kind
+        and (component is None or o["metadata"]["labels"].get("app.kubernetes.io/component") == component)
+    ]
+
+
+def test_helm_lint_passes_in_strict_mode(kube: Kube) -> None:
+    result = kube.run_helm("lint", "--strict", str(CHART))
+    assert "0 chart(s) failed" in result.stdout
+
+
+@pytest.mark.parametrize("variant", [v for v in VARIANTS if v != "default"], ids=str)
+def test_helm_lint_passes_with_each_integration(kube: Kube, variant: str) -> None:
+    kube.run_helm("lint", "--strict", str(CHART), "--values", str(VARIANTS[variant]))
+
+
+def test_chart_crds_are_exactly_the_generated_crds() -> None:
+    in_chart = {path.name: path.read_text() for path in (CHART / "crds").glob("*.yaml")}
+    assert in_chart == rendered_files(), "run: python -m callwarden.policy.crds charts/callwarden/crds"
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS), ids=str)
+def test_rendered_chart_is_accepted_by_the_api_server_dry_run(
+    cluster: Kube, rendered: dict[str, list[dict[str, Any]]], variant: str
+) -> None:
+    documents = yaml.safe_dump_all(rendered[variant], sort_keys=False)
+    result = cluster.kubectl("apply", "--dry-run=server", "-f", "-", input=documents)
+    assert result.stdout.count("(server dry run)") == len(rendered[variant])
+
+
+def test_kind_runner_manifest_is_accepted_by_the_api_server_dry_run(cluster: Kube) -> None:
+    manifest = ROOT / "e2e" / "kind" / "runner.yaml"
+    result = cluster.kubectl("apply", "--dry-run=server", "-f", str(manifest))
+    assert result.stdout.count("(server dry run)") == len(objects(manifest.read_text()))
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS), ids=str)
+def test_rbac_and_network_policy_match_their_snapshot(
+    rendered: dict[str, list[dict[str, Any]]], variant: str
+) -> None:
+    chosen = [o for o in rendered[variant] if o["kind"] in SECURITY_KINDS]
+    assert_snapshot(f"chart-{variant}", sorted(chosen, key=lambda o: (o["kind"], o["metadata"]["name"])))
+
+
+@pytest.mark.parametrize("component", ["operator", "extauthz"], ids=str)
+def test_chart_rbac_without_a_mesh_is_the_tested_least_privilege_rbac(
+    rendered: dict[str, list[dict[str, Any]]], component: str
+) -> None:
+    """The release `callwarden` names its objects as deploy/rbac/ does, so they compare by name."""
+    reference = objects((ROOT / "deploy" / "rbac" / f"{component}.yaml").read_text())
+
+    def rules(found: list[dict[str, Any]]) -> dict[tuple[str, str], Any]:
+        return {
+            (o["kind"], o["metadata"]["name"]): o.get("rules") or o.get("roleRef")
+            for o in found
+            if o["kind"] in ("ClusterRole", "Role", "ClusterRoleBinding", "RoleBinding")
+            and o["metadata"]["name"].startswith(f"callwarden-{component}")
+        }
+
+    assert rules(rendered["default"]) == rules(reference)
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS), ids=str)
+def test_every_container_runs_non_root_on_a_read_only_root_filesystem(
+    rendered: dict[str, list[dict[str, Any]]], variant: str
+) -> None:
+    for deployment in of_kind(rendered[variant], "Deployment"):
+        pod = deployment["spec"]["template"]["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        for container in pod["containers"]:
+            assert container["securityContext"]["readOnlyRootFilesystem"] is True
+            assert container["securityContext"]["allowPrivilegeEscalation"] is False
+            assert container["resources"]["requests"]
+
+
+def test_operator_elects_its_leader_with_a_lease_in_the_release_namespace(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    (deployment,) = of_kind(rendered["default"], "Deployment", "operator")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert deployment["spec"]["replicas"] == 2
+    assert f"--lease-namespace={NAMESPACE}" in container["args"]
+    assert {
+        "name": "POD_NAMESPACE",
+        "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}},
+    } in container["env"]
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+
+
+def test_extauthz_serves_grpc_and_probes_on_the_service_ports(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    (deployment,) = of_kind(rendered["default"], "Deployment", "extauthz")
+    (service,) = of_kind(rendered["default"], "Service", "extauthz")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert container["args"][:4] == [
+        "extauthz",
+        "--kubernetes",
+        "--listen=0.0.0.0:9001",
+        "--http-listen=0.0.0.0:9090",
+    ]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert {(p["name"], p["port"]) for p in service["spec"]["ports"]} == {("grpc", 9001), ("http", 9090)}
+
+
+@pytest.mark.parametrize("variant", ["istio", "envoy-gateway", "gateway"], ids=str)
+def test_network_policy_admits_only_the_meshs_envoys_to_the_grpc_port(
+    rendered: dict[str, list[dict[str, Any]]], variant: str
+) -> None:
+    (policy,) = of_kind(rendered[variant], "NetworkPolicy")
+    grpc_rules = [r for r in policy["spec"]["ingress"] if r["ports"][0]["port"] == 9001]
+    assert len(grpc_rules) == 1
+    assert grpc_rules[0]["from"], "an empty `from` would admit every pod"
+
+
+def test_network_policy_without_a_mesh_admits_nobody_to_the_grpc_port(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    (policy,) = of_kind(rendered["default"], "NetworkPolicy")
+    assert [r["ports"][0]["port"] for r in policy["spec"]["ingress"]] == [9090]
+
+
+def test_tls_mounts_the_secret_and_passes_the_key_pair_to_extauthz(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    (deployment,) = of_kind(rendered["tls"], "Deployment", "extauthz")
+    pod = deployment["spec"]["template"]["spec"]
+    args = pod["containers"][0]["args"]
+    assert "--tls-cert=/etc/callwarden/tls/tls.crt" in args
+    assert "--tls-key=/etc/callwarden/tls/tls.key" in args
+    assert {"name": "tls", "secret": {"secretName": "callwarden-extauthz-tls"}} in pod["volumes"]
+
+
+def test_tls_without_a_secret_name_is_refused(kube: Kube) -> None:
+    result = kube.run_helm(
+        "template", "callwarden", str(CHART), "--set", "extauthz.tls.enabled=true", check=False
+    )
+    assert result.returncode != 0
+    assert "extauthz.tls.enabled needs extauthz.tls.secretName" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "setting",
+    ["mesh.mode=linkerd", "extauthz.grpcPort=0", "operator.replicas=0", "extauthz.unknownKey=1"],
+    ids=["unknown-mesh", "port-zero", "no-operator", "unknown-key"],
+)
+def test_values_schema_rejects_bad_values(kube: Kube, setting: str) -> None:
+    args = ["template", "callwarden", str(CHART), "--set", setting]
+    result = kube.run_helm(*args, check=False)
+    assert result.returncode != 0, f"helm {shlex.join(args)} accepted it"
+    assert "values don't meet the specifications of the schema" in result.stderr
+
+
+def test_every_value_is_documented_in_the_chart_readme() -> None:
+    readme = (CHART / "README.md").read_text()
+
+    def leaves(values: dict[str, Any], prefix: str = "") -> list[str]:
+        found = []
+        for key, value in values.items():
+            path = f"{prefix}{key}"
+            if (
+                isinstance(value, dict)
+                and value
+                and key not in ("resources", "podSecurityContext", "securityContext")
+            ):
+                found += leaves(value, f"{path}.")
+            else:
+                found.append(path)
+        return found
+
+    missing = [
+        path
+        for path in leaves(yaml.safe_load((CHART / "values.yaml").read_text()))
+        if f"`{path}`" not in readme
+    ]
+    assert missing == []
+
+
+def test_gateway_envoy_bootstrap_is_valid_for_real_envoy(
+    rendered: dict[str, list[dict[str, Any]]], tmp_path: Path
+) -> None:
+    (configmap,) = of_kind(rendered["gateway"], "ConfigMap")
+    bootstrap = tmp_path / "envoy.yaml"
+    bootstrap.write_text(configmap["data"]["envoy.yaml"])
+    result = subprocess.run(
+        [envoy_binary(), "--mode", "validate", "--config-path", str(bootstrap)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_gateway_routes_name_their_mcpserver_for_ext_authz(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    (configmap,) = of_kind(rendered["gateway"], "ConfigMap")
+    bootstrap = yaml.safe_load(configmap["data"]["envoy.yaml"])
+    hcm = bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    routes = hcm["route_config"]["virtual_hosts"][0]["routes"]
+    extensions = [
+        r["typed_per_filter_config"]["envoy.filters.http.ext_authz"]["check_settings"]["context_extensions"]
+        for r in routes
+    ]
+    assert extensions == [
+        {"mcp_server": "board-packet/finance"},
+        {"mcp_server": "board-packet/documents"},
+        {"mcp_server": "board-packet/workflow"},
+    ]
+    assert hcm["http_filters"][0]["typed_config"]["failure_mode_allow"] is False
