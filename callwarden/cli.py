@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import tempfile
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from callwarden.extauthz.jsonrpc import BodyRejected, parse_body
 from callwarden.policy.bundle import Bundle, BundleError, CompiledServer, compile_bundle
 from callwarden.policy.decide import JsonRpcError, Verdict, decide
 from callwarden.policy.loader import ConfigError, load_config
+
+if TYPE_CHECKING:  # grpc is imported only when serving
+    from callwarden.extauthz.server import ServerTls
 
 # Exit codes of `callwarden check`, fixed so scripts and CI can rely on them.
 EXIT_ALLOW = 0
@@ -66,9 +70,10 @@ def check_request(server: CompiledServer, claims: dict[str, Any], raw: bytes) ->
         body = parse_body(raw, max_bytes=server.server.spec.max_request_bytes)
     except BodyRejected as rejected:
         error = JsonRpcError(rejected.code, str(rejected))
-        return _report(False, error, (f"body-rejected:{rejected.reason}",), ())
+        return _report(False, error, (f"body:{rejected.reason}",), ())
+    # Responses (no method) carry nothing to authorize; positional params are denied by `decide`.
     verdicts: list[Verdict] = [
-        decide(server, message.method, message.params if isinstance(message.params, dict) else None, claims)
+        decide(server, message.method, message.params, claims)
         for message in body.messages
         if message.method is not None
     ]
@@ -114,6 +119,10 @@ def _wait_for_signal() -> None:
 
 
 def _command_extauthz(args: argparse.Namespace) -> int:
+    if args.kubernetes == bool(args.config):
+        raise InputError("extauthz needs either --config or --kubernetes (not both)")
+    if args.kubernetes:
+        return _extauthz_from_kubernetes(args)
     from callwarden.extauthz.service import start_extauthz  # noqa: PLC0415 (grpc only when serving)
 
     bundle = load_bundle(args.config)
@@ -123,6 +132,7 @@ def _command_extauthz(args: argparse.Namespace) -> int:
         http_listen=args.http_listen,
         audit_path=args.audit_log,
         workers=args.workers,
+        tls=_server_tls(args),
     ) as ext_authz:
         print(
             f"callwarden: ext_authz serving {len(bundle.servers)} McpServer(s), revision {bundle.revision}, "
@@ -131,6 +141,76 @@ def _command_extauthz(args: argparse.Namespace) -> int:
         )
         _wait_for_signal()
     return 0
+
+
+def _server_tls(args: argparse.Namespace) -> ServerTls | None:
+    from callwarden.extauthz.server import ServerTls  # noqa: PLC0415 (grpc only when serving)
+
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise InputError("--tls-cert and --tls-key go together")
+    if not args.tls_cert:
+        return None
+    try:
+        return ServerTls.from_files(args.tls_cert, args.tls_key)
+    except OSError as error:
+        raise InputError(f"cannot read TLS key pair: {error}") from error
+
+
+def _extauthz_from_kubernetes(args: argparse.Namespace) -> int:
+    from callwarden.extauthz.watch import start_kubernetes_extauthz  # noqa: PLC0415 (kubernetes only here)
+    from callwarden.operator.kubeclient import Kube, new_api_client  # noqa: PLC0415
+
+    _log_to_stderr()
+    kube = Kube(new_api_client(args.kubeconfig))
+    with start_kubernetes_extauthz(
+        kube,
+        namespace=args.namespace,
+        listen=args.listen,
+        http_listen=args.http_listen,
+        audit_path=args.audit_log,
+        workers=args.workers,
+        tls=_server_tls(args),
+    ) as running:
+        where = f"namespace {args.namespace}" if args.namespace else "all namespaces"
+        revision, port = running.watcher.health().revision, running.ext_authz.server.port
+        print(
+            f"callwarden: ext_authz following bundle ConfigMaps in {where}, "
+            f"revision {revision}, on {args.listen} (port {port})",
+            file=sys.stderr,
+        )
+        _wait_for_signal()
+    return 0
+
+
+def _command_operator(args: argparse.Namespace) -> int:
+    import asyncio  # noqa: PLC0415
+
+    from callwarden.operator.main import OperatorOptions, run_operator  # noqa: PLC0415 (kopf only here)
+    from callwarden.operator.mesh import MeshOptions  # noqa: PLC0415
+
+    _log_to_stderr()
+    options = OperatorOptions(
+        kubeconfig=args.kubeconfig,
+        lease_namespace=args.lease_namespace,
+        lease_name=args.lease_name,
+        identity=args.identity or "",
+        lease_duration=args.lease_duration,
+        renew_deadline=args.renew_deadline,
+        retry_period=args.retry_period,
+        resync_seconds=args.resync_seconds,
+        liveness=args.liveness,
+        mesh=MeshOptions(
+            mode=args.mesh, extauthz_service=args.extauthz_service, istio_provider=args.istio_provider
+        ),
+    )
+    asyncio.run(run_operator(options))
+    return 0
+
+
+def _log_to_stderr() -> None:
+    import logging  # noqa: PLC0415
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
 def _command_gateway(args: argparse.Namespace) -> int:
@@ -151,10 +231,52 @@ def _command_gateway(args: argparse.Namespace) -> int:
     return 0
 
 
+def _command_pdp(args: argparse.Namespace) -> int:
+    from callwarden.authzen import serve  # noqa: PLC0415 (the HTTP server only when serving)
+    from callwarden.authzen.api import ApiOptions, start_pdp  # noqa: PLC0415
+
+    try:
+        pdp, policies = serve.load_pdp(args.config, args.data)
+        tokens = serve.read_bearer_tokens(args.token_file) if args.token_file else ()
+        tls = serve.tls_context(args.tls_cert, args.tls_key) if args.tls_cert else None
+        options = ApiOptions(bearer_tokens=tokens, explain=args.explain)
+        listen, base_url = args.listen, args.base_url
+        with start_pdp(pdp, listen=listen, base_url=base_url, options=options, ssl_context=tls) as up:
+            print(f"callwarden: AuthZEN PDP, {policies} ToolPolicy(ies), at {up.base_url}", file=sys.stderr)
+            _wait_for_signal()
+    except (serve.PdpSetupError, ValueError, OSError) as error:
+        raise InputError(str(error)) from error
+    return 0
+
+
 def _command_demo(args: argparse.Namespace) -> int:
     from callwarden.demo.run import run_demo  # noqa: PLC0415 (the MCP SDK only for the demo)
 
     return run_demo(Path(args.config)) if args.config else run_demo()
+
+
+def _add_tls_arguments(extauthz: argparse.ArgumentParser) -> None:
+    extauthz.add_argument("--tls-cert", help="PEM certificate chain: serve gRPC over TLS")
+    extauthz.add_argument("--tls-key", help="PEM private key of --tls-cert")
+
+
+def _add_mesh_arguments(operator: argparse.ArgumentParser) -> None:
+    operator.add_argument(
+        "--mesh",
+        choices=("none", "istio", "envoy-gateway", "gateway"),
+        default="none",
+        help="wire each McpServer into this mesh and report enforcement coverage (default none)",
+    )
+    operator.add_argument(
+        "--extauthz-service",
+        default="callwarden-extauthz.callwarden-system.svc.cluster.local:9001",
+        help="HOST:PORT of the ext_authz gRPC Service (Envoy Gateway backendRef)",
+    )
+    operator.add_argument(
+        "--istio-provider",
+        default="callwarden-ext-authz",
+        help="Istio extensionProvider name that AuthorizationPolicies (action CUSTOM) refer to",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -178,14 +300,41 @@ def build_parser() -> argparse.ArgumentParser:
     extauthz = commands.add_parser(
         "extauthz", help="serve Envoy's ext_authz gRPC Check for the configuration"
     )
+    extauthz.add_argument("--config", action="append", help="YAML file or directory (repeatable)")
     extauthz.add_argument(
-        "--config", action="append", required=True, help="YAML file or directory (repeatable)"
+        "--kubernetes",
+        action="store_true",
+        help="follow the operator's bundle ConfigMaps instead of --config",
     )
+    extauthz.add_argument("--namespace", help="with --kubernetes: watch this namespace only (default: all)")
+    extauthz.add_argument("--kubeconfig", help="with --kubernetes: kubeconfig file (default: in-cluster)")
     extauthz.add_argument("--listen", default="0.0.0.0:9001", help="gRPC HOST:PORT (default 0.0.0.0:9001)")
     extauthz.add_argument("--http-listen", help="HOST:PORT for /metrics, /healthz and /readyz")
     extauthz.add_argument("--audit-log", help="append decision lines to this file (default: stdout)")
     extauthz.add_argument("--workers", type=int, default=4, help="gRPC worker threads (default 4)")
+    _add_tls_arguments(extauthz)
     extauthz.set_defaults(handler=_command_extauthz)
+
+    operator = commands.add_parser(
+        "operator", help="reconcile McpServer and ToolPolicy objects into bundle ConfigMaps (Kubernetes)"
+    )
+    operator.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster, then ~/.kube/config)")
+    operator.add_argument(
+        "--lease-namespace",
+        default=os.environ.get("POD_NAMESPACE", "callwarden-system"),
+        help="namespace of the leader-election Lease (default: $POD_NAMESPACE or callwarden-system)",
+    )
+    operator.add_argument("--lease-name", default="callwarden-operator", help="leader-election Lease name")
+    operator.add_argument("--identity", help="this replica's holder identity (default: hostname + random)")
+    operator.add_argument("--lease-duration", type=float, default=15.0, help="seconds (default 15)")
+    operator.add_argument("--renew-deadline", type=float, default=10.0, help="seconds (default 10)")
+    operator.add_argument("--retry-period", type=float, default=2.0, help="seconds (default 2)")
+    operator.add_argument(
+        "--resync-seconds", type=float, default=60.0, help="reconcile every namespace this often (default 60)"
+    )
+    operator.add_argument("--liveness", help="kopf liveness endpoint, e.g. http://0.0.0.0:8080/healthz")
+    _add_mesh_arguments(operator)
+    operator.set_defaults(handler=_command_operator)
 
     gateway = commands.add_parser(
         "gateway", help="run Envoy with callwarden in front of the configured upstreams"
@@ -197,6 +346,22 @@ def build_parser() -> argparse.ArgumentParser:
     gateway.add_argument("--address", default="127.0.0.1", help="gateway listen address (default 127.0.0.1)")
     gateway.add_argument("--audit-log", help="append decision lines to this file (default: stdout)")
     gateway.set_defaults(handler=_command_gateway)
+
+    pdp = commands.add_parser(
+        "pdp",
+        help="serve the embedded PDP as an AuthZEN 1.0 Authorization API",
+        description="Serve every ToolPolicy of the configuration as one AuthZEN 1.0 PDP: evaluation, "
+        "evaluations, subject/resource/action search and /.well-known/authzen-configuration.",
+    )
+    pdp.add_argument("--config", action="append", required=True, help="YAML file or directory (repeatable)")
+    pdp.add_argument("--data", help="PIP data (JSON: subjects, resources, actions); PIP attributes win")
+    pdp.add_argument("--listen", default="127.0.0.1:8181", help="HOST:PORT (default 127.0.0.1:8181)")
+    pdp.add_argument("--base-url", help="the policy_decision_point to publish (default: from --listen)")
+    pdp.add_argument("--token-file", help="PEP bearer secrets, one per line; requests without one get 401")
+    pdp.add_argument("--tls-cert", help="PEM certificate chain: serve HTTPS")
+    pdp.add_argument("--tls-key", help="PEM private key of --tls-cert")
+    pdp.add_argument("--explain", action="store_true", help="name the deciding rules in decision contexts")
+    pdp.set_defaults(handler=_command_pdp)
 
     demo = commands.add_parser(
         "demo", help="run the board-packet scenario through real Envoy and MCP servers"

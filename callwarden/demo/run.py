@@ -15,7 +15,7 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Final, Literal
+from typing import IO, Any, Final, Literal, Protocol
 
 from callwarden.demo.agent import AgentRun, Outcome, ToolCall, run_agent
 from callwarden.demo.issuers import RunningIssuers, start_issuers
@@ -108,8 +108,32 @@ def _objects(config: Config) -> list[dict[str, Any]]:
     ]
 
 
-def localize(config: Config, servers: RunningServers, issuers: RunningIssuers) -> Config:
-    """The example configuration, pointed at the upstreams and issuers started on this machine."""
+class Upstreams(Protocol):
+    """Where each example server runs (`RunningServers`, or any stand-in a test starts)."""
+
+    def base_url(self, name: str) -> str: ...
+
+
+class IssuerEndpoint(Protocol):
+    """What the configuration needs of an issuer: its `iss` value and its JWKS URL."""
+
+    @property
+    def issuer(self) -> str: ...
+
+    @property
+    def jwks_uri(self) -> str: ...
+
+
+class Issuers(Protocol):
+    def __getitem__(self, name: str, /) -> IssuerEndpoint: ...
+
+
+def localize(config: Config, servers: Upstreams, issuers: Issuers) -> Config:
+    """The example configuration, pointed at the upstreams and issuers started on this machine.
+
+    Each McpServer `name` gets `servers.base_url(name)` as its upstream and trusts `issuers[name]`
+    (its `iss` and JWKS URL), so tests can substitute issuers of their own (an outage, a rotation).
+    """
     objects = _objects(config)
     for obj in objects:
         if obj["kind"] != "McpServer":
@@ -117,6 +141,7 @@ def localize(config: Config, servers: RunningServers, issuers: RunningIssuers) -
         name = obj["metadata"]["name"]
         obj["spec"]["upstream"] = {"url": servers.base_url(name)}
         for issuer in obj["spec"]["issuers"]:
+            issuer["issuer"] = issuers[name].issuer
             issuer["jwksUri"] = issuers[name].jwks_uri
     return config_from_objects(objects)
 
@@ -139,10 +164,16 @@ def _run_session(session: Session, gateway: Gateway, issuers: RunningIssuers, bu
     return run_agent(gateway.url + path, _token(session, issuers, bundle), calls, host=host)
 
 
-def _reason(outcome: Outcome) -> str:
+def _reason(outcome: Outcome, decisions: Mapping[str, Mapping[str, Any]]) -> str:
+    """Why: the rules that allowed (from the decision log), the 401 challenge, or the denial."""
     if outcome.status == "allowed":
-        return (outcome.result_text or "").splitlines()[0][:60] if outcome.result_text else "ok"
-    return (outcome.error_message or outcome.www_authenticate or "")[:100]
+        line = decisions.get(outcome.decision_id or "")
+        rules = ", ".join(line["reasons"]) if line else "no decision log line"
+        result = " ".join((outcome.result_text or "").split())
+        return f"allowed by {rules}" + (f"; result: {result[:40]}" if result else "")
+    if outcome.status == "unauthenticated" and outcome.www_authenticate:
+        return outcome.www_authenticate
+    return (outcome.error_message or "")[:100]
 
 
 def _print_table(rows: Sequence[tuple[str, str, str, str, str]], out: IO[str]) -> None:
@@ -164,7 +195,7 @@ def run_demo(config_dir: Path = EXAMPLE, out: IO[str] = sys.stdout) -> int:
     ):
         bundle = compile_bundle(localize(load_config([config_dir]), servers, issuers))
         audit_path = Path(workdir) / "decisions.jsonl"
-        rows: list[tuple[str, str, str, str, str]] = []
+        decided: list[tuple[Session, ToolCall, Outcome]] = []
         surprises: list[str] = []
         expected_executions: dict[tuple[str, str], int] = {}
         with start_gateway(bundle, Path(workdir) / "envoy", audit_path=str(audit_path)) as gateway:
@@ -172,16 +203,11 @@ def run_demo(config_dir: Path = EXAMPLE, out: IO[str] = sys.stdout) -> int:
             for session in SCENARIO:
                 run = _run_session(session, gateway, issuers, bundle)
                 outcomes = run.calls() or tuple(o for o in run.outcomes if o.status != "allowed")[:1]
+                if len(outcomes) < len(session.calls):  # the run ended early: say so, never skip
+                    missing = [call.describe() for call, _ in session.calls[len(outcomes) :]]
+                    surprises.append(f"{session.title}: no outcome for {', '.join(missing)}")
                 for (call, expected), outcome in zip(session.calls, outcomes, strict=False):
-                    rows.append(
-                        (
-                            session.title,
-                            call.describe(),
-                            outcome.status,
-                            outcome.decision_id or "-",
-                            _reason(outcome),
-                        )
-                    )
+                    decided.append((session, call, outcome))
                     if outcome.status != expected:
                         surprises.append(
                             f"{session.title}: {call.describe()} was {outcome.status}, not {expected}"
@@ -190,11 +216,22 @@ def run_demo(config_dir: Path = EXAMPLE, out: IO[str] = sys.stdout) -> int:
                         key = (session.server, call.tool)
                         expected_executions[key] = expected_executions.get(key, 0) + 1
             gateway.ext_authz.decision_log.flush()
+        entries = [json.loads(line) for line in audit_path.read_text().splitlines()]
+        decisions = {entry["decision_id"]: entry for entry in entries}
+        rows = [
+            (
+                session.title,
+                call.describe(),
+                outcome.status,
+                outcome.decision_id or "-",
+                _reason(outcome, decisions),
+            )
+            for session, call, outcome in decided
+        ]
         _print_table(rows, out)
         surprises += _unexpected_executions(servers, expected_executions)
         print("\ndecision log (tools/call lines):", file=out)
-        for line in audit_path.read_text().splitlines():
-            entry = json.loads(line)
+        for entry in entries:
             if entry.get("method") == "tools/call" or entry.get("code") == 401:
                 print(_summarize(entry), file=out)
     for surprise in surprises:

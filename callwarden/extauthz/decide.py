@@ -114,6 +114,7 @@ class Enforcer:
         if method not in ("POST", "GET", "DELETE"):
             outcome = _http_denial(405, f"HTTP method {method} is not allowed on MCP", "http-method", method)
             outcome.server = server.key
+            outcome.headers["allow"] = "GET, POST, DELETE"  # RFC 9110 §15.5.6: a 405 lists what is allowed
             return outcome
         validator = state.validators[server.key]
         try:
@@ -136,7 +137,7 @@ class Enforcer:
         try:
             body = parse_body(http.raw_body, max_bytes=server.server.spec.max_request_bytes)
         except BodyRejected as rejected:
-            return _body_denial(server, status, rejected.reason, str(rejected), rejected.code)
+            return _body_denial(server, status, rejected.reason, rejected.message, rejected.code)
         verdicts = [_verdict(server, message, claims) for message in body.messages]
         denied = [v for v in verdicts if not v.allowed]
         outcome = _Outcome(not denied, 200, server=server.key, http_method="POST", verdicts=verdicts)
@@ -158,6 +159,7 @@ class Enforcer:
         code = outcome.code if outcome.code is not None else outcome.status
         metrics.DECISIONS.labels(server=outcome.server or "", decision=decision, code=str(code)).inc()
         metrics.CHECK_LATENCY.observe(latency)
+        headline = _headline(outcome.verdicts)
         self._log.record(
             {
                 "time": datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z"),
@@ -165,8 +167,8 @@ class Enforcer:
                 "server": outcome.server,
                 "http_method": outcome.http_method,
                 "calls": [_call_line(v) for v in outcome.verdicts],
-                "method": outcome.verdicts[0].method if outcome.verdicts else None,
-                "tool": next((v.tool for v in outcome.verdicts if v.tool), None),
+                "method": headline.method if headline else None,
+                "tool": headline.tool if headline else None,
                 "requests": [r for v in outcome.verdicts for r in v.requests],
                 "decision": decision,
                 "code": code,
@@ -176,6 +178,16 @@ class Enforcer:
                 "latency_ms": round(latency * 1000, 3),
             }
         )
+
+
+def _headline(verdicts: Sequence[Verdict]) -> Verdict | None:
+    """The message a (batch) decision is logged under: the first denied one, else the first
+    tool call, else the first. A tools/call denied inside a batch of pings is logged as tools/call."""
+    return (
+        next((v for v in verdicts if not v.allowed), None)
+        or next((v for v in verdicts if v.tool is not None), None)
+        or (verdicts[0] if verdicts else None)
+    )
 
 
 def _call_line(verdict: Verdict) -> dict[str, Any]:
@@ -194,11 +206,7 @@ def _verdict(server: CompiledServer, message: JsonRpcMessage, claims: Mapping[st
     if message.kind == "response":  # a client's answer to a server request: nothing to authorize
         return Verdict(True, "response", None, None, ("response",))
     assert message.method is not None
-    params = message.params if isinstance(message.params, dict) else None
-    if message.params is not None and params is None:  # positional params: no mapping can read them
-        error = JsonRpcError(DENIED, f"method {message.method!r}: params must be an object")
-        return Verdict(False, message.method, None, error, ("positional-params",))
-    return decide(server, message.method, params, claims)
+    return decide(server, message.method, message.params, claims)
 
 
 def _error_body(messages: Sequence[JsonRpcMessage], verdicts: Sequence[Verdict], is_batch: bool) -> bytes:
@@ -210,11 +218,9 @@ def _error_body(messages: Sequence[JsonRpcMessage], verdicts: Sequence[Verdict],
             continue
         error = verdict.error or JsonRpcError(DENIED, f"batch denied: {first_error.message}")
         responses.append({"jsonrpc": "2.0", "id": message.id, "error": error.to_json()})
-    if not is_batch:
-        if responses:
-            return orjson.dumps(responses[0])
+    if not responses:  # only notifications: no id to answer, but the client must see the denial
         return orjson.dumps({"jsonrpc": "2.0", "id": None, "error": first_error.to_json()})
-    return orjson.dumps(responses)
+    return orjson.dumps(responses if is_batch else responses[0])
 
 
 def _http_denial(status: int, message: str, reason: str, http_method: str) -> _Outcome:
@@ -235,8 +241,10 @@ def _unauthenticated(server: CompiledServer, rejected: TokenRejected, http_metho
 def _body_denial(
     server: CompiledServer, status: int, reason: str, message: str, code: int = INVALID_REQUEST
 ) -> _Outcome:
-    error = {"code": code, "message": f"Request rejected: {message}"}
-    outcome = _Outcome(False, status, code=code, message=message, reasons=(f"body:{reason}",))
+    # The reason code leads the message, as in the log line: clients and operators match on it.
+    text = f"{reason}: {message}"
+    error = {"code": code, "message": f"Request rejected: {text}"}
+    outcome = _Outcome(False, status, code=code, message=text, reasons=(f"body:{reason}",))
     outcome.server = server.key
     outcome.http_method = "POST"
     outcome.body = orjson.dumps({"jsonrpc": "2.0", "id": None, "error": error})

@@ -1,0 +1,185 @@
+"""The board-packet data path on this machine: real MCP servers, issuers, ext_authz and Envoy.
+
+    with start_datapath(tmp_path) as dp:
+        response = dp.post("finance", tools_call("query_financials", period="2026-Q3", entity="example-corp"))
+        line = dp.decision(response.headers[DECISION_ID_HEADER])
+
+A test module that shares one data path across its tests (call counts and the log accumulate, so
+tests compare before and after) declares the module-scoped fixture with
+
+    datapath = pytest.fixture(scope="module", name="datapath")(running_datapath)
+
+`start_datapath` starts the three demo MCP servers on free ports, points the example
+configuration (examples/board-packet) at them and at the issuers (the three demo issuers by
+default, or any the test brings, e.g. `tests.support.issuer.LocalIssuer` for an outage),
+compiles the bundle and starts `start_gateway` with a decision log file. Requests go through
+Envoy with the route's Host header, so Envoy picks the McpServer exactly as in production.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import httpx
+import pytest
+
+from callwarden.demo.issuers import DEFAULT_ISSUERS, RunningIssuers, start_issuers
+from callwarden.demo.run import EXAMPLE, NAMESPACE, Issuers, localize
+from callwarden.demo.servers import DEFAULT_PORTS, RunningServers, start_servers
+from callwarden.extauthz.decide import DECISION_HEADER
+from callwarden.extauthz.service import Gateway, start_gateway
+from callwarden.extauthz.token import JwksStore
+from callwarden.policy.bundle import Bundle, CompiledServer, compile_bundle
+from callwarden.policy.loader import load_config
+
+SERVERS: Final = tuple(DEFAULT_PORTS)  # finance, documents, workflow
+AGENT: Final = "board-agent"
+MCP_PATH: Final = "/mcp"
+# Each server's tool and arguments the example policy allows for an analyst's board agent.
+ALLOWED_CALLS: Final[Mapping[str, tuple[str, dict[str, str]]]] = {
+    "finance": ("query_financials", {"period": "2026-Q3", "entity": "example-corp"}),
+    "documents": ("create_doc", {"template": "board-packet", "title": "Q3 board packet"}),
+    "workflow": ("notify_reviewer", {"group": "audit-committee", "deadline": "2026-12-01"}),
+}
+# A call only-example-corp (a Deny rule) refuses, whoever asks.
+DENIED_CALL: Final = ("query_financials", {"period": "2026-Q3", "entity": "other-corp"})
+DENY_RULE: Final = "board-packet/finance-guardrails/only-example-corp"
+ALLOW_RULE: Final = "board-packet/board-packet-task/read-q3-financials"
+
+
+def jsonrpc(method: str, params: Mapping[str, Any] | None = None, *, id: int | str | None = 1) -> bytes:
+    """One JSON-RPC message as bytes (`id=None`: a notification)."""
+    message: dict[str, Any] = {"jsonrpc": "2.0"}
+    if id is not None:
+        message["id"] = id
+    message["method"] = method
+    if params is not None:
+        message["params"] = dict(params)
+    return json.dumps(message).encode()
+
+
+def tools_call(tool: str, arguments: Mapping[str, Any], *, id: int | str = 1) -> bytes:
+    return jsonrpc("tools/call", {"name": tool, "arguments": dict(arguments)}, id=id)
+
+
+@dataclass
+class DataPath:
+    """A running data path and the helpers tests use to drive and observe it."""
+
+    gateway: Gateway
+    servers: RunningServers
+    bundle: Bundle
+    audit_path: Path
+    client: httpx.Client
+    issuers: RunningIssuers | None = None  # the demo issuers, when the test brought none
+
+    @property
+    def url(self) -> str:
+        """The MCP endpoint on the gateway (select the server with its Host)."""
+        return self.gateway.url + MCP_PATH
+
+    def compiled(self, name: str) -> CompiledServer:
+        return self.bundle.servers[f"{NAMESPACE}/{name}"]
+
+    def host(self, name: str) -> str:
+        return self.compiled(name).server.spec.route.hosts[0]
+
+    def resource(self, name: str) -> str:
+        return self.compiled(name).server.spec.resource
+
+    def token(
+        self,
+        name: str,
+        *,
+        sub: str = "alice",
+        roles: Sequence[str] = ("analyst",),
+        client_id: str = AGENT,
+        ttl: int = 300,
+        aud: str | Sequence[str] | None = None,
+        extra: Mapping[str, Any] | None = None,
+        header: Mapping[str, Any] | None = None,
+    ) -> str:
+        """A token from server `name`'s demo issuer, for that server unless `aud` says otherwise."""
+        assert self.issuers is not None, "this data path trusts the test's own issuers"
+        audience = self.resource(name) if aud is None else aud
+        return self.issuers[name].mint(
+            sub, audience, client_id, roles=roles, ttl=ttl, extra=extra, header=header
+        )
+
+    def send(
+        self,
+        method: str,
+        name: str,
+        body: bytes = b"",
+        *,
+        token: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        path: str = MCP_PATH,
+    ) -> httpx.Response:
+        """One HTTP request through Envoy to server `name` (no Authorization when `token` is None)."""
+        sent = {"host": self.host(name), "accept": "application/json, text/event-stream"}
+        if body:
+            sent["content-type"] = "application/json"
+        if token is not None:
+            sent["authorization"] = f"Bearer {token}"
+        sent.update(headers or {})
+        return self.client.request(method, self.gateway.url + path, content=body, headers=sent)
+
+    def post(
+        self, name: str, body: bytes, *, token: str | None = None, headers: Mapping[str, str] | None = None
+    ) -> httpx.Response:
+        return self.send("POST", name, body, token=token, headers=headers)
+
+    def executed(self, name: str) -> int:
+        """How many tool calls server `name` ran, all tools together."""
+        return len(self.servers.ledgers[name].calls())
+
+    def decisions(self) -> list[dict[str, Any]]:
+        """Every decision log line so far (the log is flushed first)."""
+        self.gateway.ext_authz.decision_log.flush()
+        return [json.loads(line) for line in self.audit_path.read_text().splitlines()]
+
+    def decision(self, decision_id: str) -> dict[str, Any]:
+        """The one decision log line of `decision_id`."""
+        lines = [line for line in self.decisions() if line["decision_id"] == decision_id]
+        assert len(lines) == 1, f"{len(lines)} decision log lines for {decision_id}"
+        return lines[0]
+
+    def decision_of(self, response: httpx.Response) -> dict[str, Any]:
+        """The decision log line of a response (deny: ext_authz's header; allow: the server's echo)."""
+        return self.decision(response.headers[DECISION_HEADER])
+
+
+@contextmanager
+def start_datapath(
+    workdir: Path, *, issuers: Issuers | None = None, jwks: JwksStore | None = None
+) -> Iterator[DataPath]:
+    """The board-packet scenario behind real Envoy, on free loopback ports, until the block exits.
+
+    `issuers` replaces the demo issuers (keyed by server name: finance, documents, workflow);
+    `jwks` is a configured key store (e.g. short refresh intervals) the caller closes.
+    """
+    with ExitStack() as stack:
+        servers = stack.enter_context(start_servers(dict.fromkeys(SERVERS, 0)))
+        demo_issuers = None
+        trusted = issuers
+        if trusted is None:
+            trusted = demo_issuers = stack.enter_context(start_issuers(dict.fromkeys(DEFAULT_ISSUERS, 0)))
+        bundle = compile_bundle(localize(load_config([EXAMPLE]), servers, trusted))
+        audit_path = workdir / "decisions.jsonl"
+        gateway = stack.enter_context(
+            start_gateway(bundle, workdir / "envoy", audit_path=str(audit_path), jwks=jwks)
+        )
+        client = stack.enter_context(httpx.Client(timeout=10.0, trust_env=False))
+        yield DataPath(gateway, servers, bundle, audit_path, client, demo_issuers)
+
+
+def running_datapath(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DataPath]:
+    """Fixture body: a data path with the demo issuers, for every test of one module."""
+    with start_datapath(tmp_path_factory.mktemp("datapath")) as running:
+        yield running

@@ -1,0 +1,60 @@
+"""`callwarden demo` as a user runs it: the installed command, real Envoy, servers, issuers and agent."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Final
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+CALLWARDEN: Final = str(Path(sys.executable).parent / "callwarden")
+HEADER: Final = ("session", "call", "decision", "decision id", "reason / result")
+
+
+@pytest.fixture(scope="module")
+def demo() -> Iterator[subprocess.CompletedProcess[str]]:
+    yield subprocess.run([CALLWARDEN, "demo"], capture_output=True, text=True, timeout=120, check=False)
+
+
+def _table(demo: subprocess.CompletedProcess[str]) -> list[str]:
+    """The table's rows: from the line after the dashes to the first blank line."""
+    lines = demo.stdout.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("---")) + 1
+    return lines[start : lines.index("", start)]
+
+
+def _row(demo: subprocess.CompletedProcess[str], call: str) -> str:
+    return next(row for row in _table(demo) if call in row)
+
+
+def test_the_demo_exits_0_and_says_it_passed(demo: subprocess.CompletedProcess[str]) -> None:
+    assert demo.returncode == 0, demo.stdout + demo.stderr
+    assert "demo passed: every call decided as expected" in demo.stdout
+
+
+def test_the_demo_prints_the_decision_table(demo: subprocess.CompletedProcess[str]) -> None:
+    header = next(line for line in demo.stdout.splitlines() if line.startswith("session"))
+    assert header.split() == " ".join(HEADER).split()
+    assert len(_table(demo)) == 11  # one row per call of the scenario
+
+
+def test_an_allowed_row_names_the_rule_that_allowed(demo: subprocess.CompletedProcess[str]) -> None:
+    row = _row(demo, "create_doc(template='board-packet'")
+    assert "allowed by board-packet/board-packet-task/draft-board-packet; result: doc-0001" in row
+
+
+def test_an_unauthenticated_row_shows_the_challenge(demo: subprocess.CompletedProcess[str]) -> None:
+    rows = [row for row in _table(demo) if "unauthenticated" in row]
+    assert len(rows) == 2
+    assert all('Bearer resource_metadata="https://finance.board.example/' in row for row in rows)
+    assert 'error="invalid_token", error_description="token expired"' in rows[1]
+
+
+def test_a_denied_row_shows_the_denial(demo: subprocess.CompletedProcess[str]) -> None:
+    row = _row(demo, "entity='other-corp'")
+    assert "denied by rule 'board-packet/finance-guardrails/only-examp" in row
