@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from callwarden.policy.loader import Config
 from callwarden.policy.mapping import ServerMapping, compile_server_mapping
 from callwarden.policy.model import McpServer, ToolPolicy, resource_metadata_url
-from callwarden.policy.pdp import EmbeddedPdp, PolicyCompileError, check_policy, compile_pdp
+from callwarden.policy.pdp import PolicyCompileError, check_policy, compile_pdp
+from callwarden.policy.remote import OFFLINE, Pdp, RemotePdpFactory
 
 
 class BundleError(Exception):
@@ -33,11 +34,14 @@ class BundleError(Exception):
 
 @dataclass(frozen=True)
 class CompiledServer:
-    """One McpServer ready for the hot path: its mapping, its PDP, its routing facts."""
+    """One McpServer ready for the hot path: its mapping, its PDP, its routing facts.
+
+    `policies` are the ToolPolicies its embedded PDP holds; none when a remote PDP decides.
+    """
 
     server: McpServer
     mapping: ServerMapping
-    pdp: EmbeddedPdp
+    pdp: Pdp
     policies: tuple[str, ...]
 
     @property
@@ -104,19 +108,31 @@ def _route_of(compiled: CompiledServer) -> _Route:
     return _Route(frozenset(host.lower() for host in route.hosts), route.path_prefix, compiled)
 
 
-def compile_server(server: McpServer, policies: Iterable[ToolPolicy]) -> CompiledServer:
-    """Compile one server with the policies that target it; raises PolicyCompileError."""
+def compile_server(
+    server: McpServer, policies: Iterable[ToolPolicy], *, remote_pdp: RemotePdpFactory | None = None
+) -> CompiledServer:
+    """Compile one server with the policies that target it; raises PolicyCompileError.
+
+    A server whose spec names `pdp.authzen` is decided by `remote_pdp(server)`, or, without a
+    factory, by a PDP that fails every call (-32603): a policy checked offline is never allowed
+    by a PDP that is not there.
+    """
+    mapping = compile_server_mapping(server)
+    if server.spec.pdp.authzen is not None:
+        pdp = OFFLINE if remote_pdp is None else remote_pdp(server)
+        return CompiledServer(server=server, mapping=mapping, pdp=pdp, policies=())
     targeting = sorted((p for p in policies if p.targets_server(server)), key=lambda p: p.key)
     return CompiledServer(
-        server=server,
-        mapping=compile_server_mapping(server),
-        pdp=compile_pdp(targeting),
-        policies=tuple(p.key for p in targeting),
+        server=server, mapping=mapping, pdp=compile_pdp(targeting), policies=tuple(p.key for p in targeting)
     )
 
 
-def compile_bundle(config: Config) -> Bundle:
-    """Compile every server of a validated configuration; raises BundleError."""
+def compile_bundle(config: Config, *, remote_pdp: RemotePdpFactory | None = None) -> Bundle:
+    """Compile every server of a validated configuration; raises BundleError.
+
+    `remote_pdp` builds the PDP of each server that names a remote AuthZEN PDP (see
+    `compile_server`); the data path passes one, offline tools do not.
+    """
     errors = [str(e) for policy in config.policies.values() for e in check_policy(policy)]
     if errors:
         raise BundleError(errors)
@@ -124,7 +140,7 @@ def compile_bundle(config: Config) -> Bundle:
     problems: list[str] = []
     for key, server in sorted(config.servers.items()):
         try:
-            compiled = compile_server(server, config.policies.values())
+            compiled = compile_server(server, config.policies.values(), remote_pdp=remote_pdp)
         except PolicyCompileError as error:  # check_policy should have caught it; stay closed
             raise BundleError([str(error)]) from error
         servers[key] = compiled

@@ -17,6 +17,7 @@ from callwarden.policy.mapping import (
     PassThrough,
     UnknownMethod,
 )
+from callwarden.policy.remote import PdpUnavailable
 
 # JSON-RPC codes of the COAZ MCP binding (standards.md §2.7).
 DENIED: Final = -32001
@@ -78,7 +79,9 @@ def _decide_requests(server: CompiledServer, method: str, result: AuthorizationR
     try:
         decisions = server.pdp.evaluate_mapped(result.requests)
     except Exception as error:  # a PDP that cannot answer denies, whatever went wrong
-        message = f"Authorization service unavailable: {type(error).__name__}"
+        # PdpUnavailable says why in words safe to show; anything else is named by its type only.
+        why = str(error) if isinstance(error, PdpUnavailable) else type(error).__name__
+        message = f"Authorization service unavailable: {why}"
         return Verdict(False, method, result.tool, JsonRpcError(PDP_FAILURE, message), (), result.requests)
     denied = [d for d in decisions if not d.allowed]
     if decisions and not denied:

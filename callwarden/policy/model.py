@@ -157,6 +157,13 @@ class AuthzenPdp(Spec):
 
     url: Url = Field(description="The PDP's base URL (its `policy_decision_point`).")
     timeout_seconds: float = Field(default=0.5, gt=0, le=30)
+    decision_cache_seconds: float = Field(
+        default=0,
+        ge=0,
+        le=60,
+        description="How long a decision may be reused for an identical request; 0 (default) asks "
+        "the PDP every time. Bounds how stale an answer can be after a policy change.",
+    )
 
 
 class Pdp(Spec):
