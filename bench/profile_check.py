@@ -11,9 +11,7 @@ transport is not in this picture (bench/run.py's CPU per request minus stages.py
 
 from __future__ import annotations
 
-import argparse
 import cProfile
-import json
 import pstats
 import sys
 import tempfile
@@ -25,6 +23,7 @@ from typing import Any
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
+from command import run_command  # noqa: E402
 from harness import ROOT, write_config  # noqa: E402
 from stages import FINANCE_AUDIENCE, bundle_for, check_request, request_bodies  # noqa: E402
 
@@ -102,17 +101,7 @@ def profile(smoke: bool) -> dict[str, Any]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--json", help="write the results here as JSON")
-    parser.add_argument("--smoke", action="store_true", help="a few checks only: proves it runs")
-    args = parser.parse_args()
-    results = profile(args.smoke)
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
-    print(json.dumps(results, indent=2))
+    run_command(__doc__, profile, "a few checks only: proves it runs")
 
 
 if __name__ == "__main__":

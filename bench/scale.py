@@ -12,7 +12,6 @@ For each size: the in-process `Enforcer.check` of an allowed tools/call with a c
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import statistics
@@ -29,6 +28,7 @@ import yaml
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
+from command import run_command  # noqa: E402
 from harness import cpu_us_per_call, write_config  # noqa: E402
 from policy_costs import filler_policy  # noqa: E402
 from stages import FINANCE_AUDIENCE, check_request, request_bodies  # noqa: E402
@@ -150,16 +150,7 @@ def _build_and_swap(enforcer: Enforcer, bundle: Any, jwks: JwksStore) -> Enforce
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--json", help="write the results here as JSON")
-    parser.add_argument("--smoke", action="store_true", help="small sizes, few loops: proves it runs")
-    args = parser.parse_args()
-    results = measure(args.smoke)
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+    run_command(__doc__, measure, "small sizes, few loops: proves it runs", echo=False)
 
 
 if __name__ == "__main__":

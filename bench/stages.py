@@ -10,7 +10,6 @@ writer thread, metrics, and glue between the stages are not stages of their own)
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -24,6 +23,7 @@ import orjson
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
+from command import run_command  # noqa: E402
 from envoy.service.auth.v3.external_auth_pb2 import CheckRequest  # noqa: E402
 from harness import EXAMPLE, cpu_us_per_call, write_config  # noqa: E402
 
@@ -228,17 +228,7 @@ def _sample_line(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--json", help="write the results here as JSON")
-    parser.add_argument("--smoke", action="store_true", help="a few loops only: proves it runs")
-    args = parser.parse_args()
-    results = measure(args.smoke)
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
-    print(json.dumps(results, indent=2))
+    run_command(__doc__, measure, "a few loops only: proves it runs")
 
 
 if __name__ == "__main__":

@@ -162,7 +162,8 @@ def condition(kube: Kube, kind: str, name: str, kind_of_condition: str = "Ready"
     return None
 
 
-def wait_for(probe: Callable[[], T | None], *, timeout: float, what: str) -> T:
+def wait_for(probe: Callable[[], T | None], *, timeout: float, what: str, interval: float = 0.2) -> T:
+    """Poll `probe` until it returns something truthy; TimeoutError naming `what` after `timeout`."""
     deadline = time.monotonic() + timeout
     while True:
         value = probe()
@@ -170,7 +171,7 @@ def wait_for(probe: Callable[[], T | None], *, timeout: float, what: str) -> T:
             return value
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(0.2)
+        time.sleep(interval)
 
 
 # --- The agent side --------------------------------------------------------------------------------

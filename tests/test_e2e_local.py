@@ -16,25 +16,25 @@ from typing import TYPE_CHECKING
 import pytest
 
 from e2e.local import run
-from tests.support.operator import install_crds, rbac_kubeconfig
 
 if TYPE_CHECKING:  # pytest_plugins imports it first, for assert rewriting
     from tests.support.kube import Kube
 
-pytest_plugins = ("tests.support.kube",)
+pytest_plugins = ("tests.support.kube", "tests.support.operator_fixtures")
 
 
 @pytest.mark.integration
 @pytest.mark.timeout(240)
-def test_board_packet_scenario_passes_end_to_end_on_the_local_harness(kube: Kube, tmp_path: Path) -> None:
-    install_crds(kube)
+def test_board_packet_scenario_passes_end_to_end_on_the_local_harness(
+    kube: Kube, operator_kubeconfig: Path, extauthz_kubeconfig: Path, tmp_path: Path
+) -> None:
     output = io.StringIO()
     try:
         report = run(
             kube.kubeconfig,
             tmp_path,
-            operator_kubeconfig=rbac_kubeconfig(kube, "operator"),
-            extauthz_kubeconfig=rbac_kubeconfig(kube, "extauthz"),
+            operator_kubeconfig=operator_kubeconfig,
+            extauthz_kubeconfig=extauthz_kubeconfig,
             out=output,
         )
     except Exception as error:  # a harness that broke down: show what the components said

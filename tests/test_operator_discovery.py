@@ -20,7 +20,7 @@ import pytest
 
 from callwarden.operator.configmaps import DATA_KEY, assemble, merge_objects, read_shard
 from callwarden.operator.discovery import Discoverer, Target
-from callwarden.operator.kubeclient import Kube, new_api_client
+from callwarden.operator.kubeclient import Kube
 from callwarden.operator.pinning import DiscoveryLimits
 from callwarden.operator.reconcile import Reconciler
 from callwarden.operator.validation import mapping_sha256
@@ -32,15 +32,12 @@ from tests.support.operator import (
     RESOURCE,
     SYSTEM_NAMESPACE,
     OperatorProcess,
-    admin_api,
     bundle_configmaps,
     condition,
     events_for,
     get_object,
-    install_crds,
     namespace_object,
     policy_object,
-    rbac_kubeconfig,
     rule,
     server_object,
     wait_for,
@@ -49,7 +46,7 @@ from tests.support.operator import (
 if TYPE_CHECKING:  # pytest_plugins imports it first, for assert rewriting
     from tests.support.kube import Kube as KubeEnv
 
-pytest_plugins = ("tests.support.kube",)
+pytest_plugins = ("tests.support.kube", "tests.support.operator_fixtures")
 
 TOKEN = "discovery-token-1"
 ISSUER = "https://issuer.example"
@@ -57,22 +54,6 @@ TOOL = "query_financials"
 CLAIMS = {"sub": "alice", "client_id": "board-agent", "iss": ISSUER, "aud": RESOURCE}
 CALL = {"name": TOOL, "arguments": {"period": "2026-Q3", "entity": "acme"}}
 _names = itertools.count()
-
-
-@pytest.fixture(scope="module")
-def operator_kubeconfig(kube: KubeEnv) -> Path:
-    install_crds(kube)
-    return rbac_kubeconfig(kube, "operator")
-
-
-@pytest.fixture(scope="module")
-def operator_api(operator_kubeconfig: Path) -> Kube:
-    return Kube(new_api_client(str(operator_kubeconfig)))
-
-
-@pytest.fixture(scope="module")
-def admin(kube: KubeEnv) -> Kube:
-    return admin_api(kube)
 
 
 @pytest.fixture

@@ -19,13 +19,10 @@ from callwarden.operator.kubeclient import Kube
 from tests.support.operator import (
     SYSTEM_NAMESPACE,
     OperatorProcess,
-    admin_api,
     condition,
     get_object,
-    install_crds,
     namespace_object,
     policy_object,
-    rbac_kubeconfig,
     rule,
     server_object,
     wait_for,
@@ -34,29 +31,18 @@ from tests.support.operator import (
 if TYPE_CHECKING:  # pytest_plugins imports it first, for assert rewriting
     from tests.support.kube import Kube as KubeEnv
 
-pytest_plugins = ("tests.support.kube",)
+pytest_plugins = ("tests.support.kube", "tests.support.operator_fixtures")
 
 JWKS = "http://127.0.0.1:9/jwks.json"
 _names = itertools.count()
 
 
-@pytest.fixture(scope="module")
-def kubeconfig(kube: KubeEnv) -> Path:
-    install_crds(kube)
-    return rbac_kubeconfig(kube, "operator")
-
-
-@pytest.fixture(scope="module")
-def admin(kube: KubeEnv) -> Kube:
-    return admin_api(kube)
-
-
 @pytest.fixture
-def replicas(kubeconfig: Path, tmp_path: Path) -> Iterator[tuple[OperatorProcess, OperatorProcess]]:
+def replicas(operator_kubeconfig: Path, tmp_path: Path) -> Iterator[tuple[OperatorProcess, OperatorProcess]]:
     """Two replicas on a fresh Lease; the first is started first and becomes the leader."""
     lease = f"leader-{next(_names)}"
-    first = OperatorProcess(kubeconfig, tmp_path, identity=f"{lease}-a", lease_name=lease).start()
-    second = OperatorProcess(kubeconfig, tmp_path, identity=f"{lease}-b", lease_name=lease)
+    first = OperatorProcess(operator_kubeconfig, tmp_path, identity=f"{lease}-a", lease_name=lease).start()
+    second = OperatorProcess(operator_kubeconfig, tmp_path, identity=f"{lease}-b", lease_name=lease)
     try:
         first.wait_for_log("is now the leader")
         second.start().wait_for_log("campaigns for Lease")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -18,15 +19,12 @@ from callwarden.operator.configmaps import DATA_KEY
 from callwarden.operator.kubeclient import Kube
 from tests.support.operator import (
     OperatorProcess,
-    admin_api,
     bundle_configmaps,
     condition,
     events_for,
     get_object,
-    install_crds,
     namespace_object,
     policy_object,
-    rbac_kubeconfig,
     rule,
     server_object,
     wait_for,
@@ -35,7 +33,7 @@ from tests.support.operator import (
 if TYPE_CHECKING:  # pytest_plugins imports it first, for assert rewriting
     from tests.support.kube import Kube as KubeEnv
 
-pytest_plugins = ("tests.support.kube",)
+pytest_plugins = ("tests.support.kube", "tests.support.operator_fixtures")
 
 JWKS = "http://127.0.0.1:9/jwks.json"
 BAD_WHEN = "resource.id.startsWith("
@@ -43,11 +41,11 @@ _names = itertools.count()
 
 
 @pytest.fixture(scope="module")
-def operator(kube: KubeEnv, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
-    install_crds(kube)
-    kubeconfig = rbac_kubeconfig(kube, "operator")
+def operator(
+    operator_kubeconfig: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[OperatorProcess]:
     with OperatorProcess(
-        kubeconfig,
+        operator_kubeconfig,
         tmp_path_factory.mktemp("operator"),
         identity="solo",
         lease_name="process-tests",
@@ -55,11 +53,6 @@ def operator(kube: KubeEnv, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     ) as process:
         process.wait_for_log("is now the leader")
         yield process
-
-
-@pytest.fixture(scope="module")
-def admin(kube: KubeEnv) -> Kube:
-    return admin_api(kube)
 
 
 @pytest.fixture

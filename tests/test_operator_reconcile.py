@@ -16,18 +16,15 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from callwarden.operator.configmaps import DATA_KEY, REVISION_ANNOTATION
-from callwarden.operator.kubeclient import Kube, new_api_client
+from callwarden.operator.kubeclient import Kube
 from callwarden.operator.reconcile import NotLeader, Reconciler
 from tests.support.operator import (
-    admin_api,
     bundle_configmaps,
     condition,
     events_for,
     get_object,
-    install_crds,
     namespace_object,
     policy_object,
-    rbac_kubeconfig,
     rule,
     server_object,
 )
@@ -35,27 +32,11 @@ from tests.support.operator import (
 if TYPE_CHECKING:  # pytest_plugins imports it first, for assert rewriting
     from tests.support.kube import Kube as KubeEnv
 
-pytest_plugins = ("tests.support.kube",)
+pytest_plugins = ("tests.support.kube", "tests.support.operator_fixtures")
 
 BAD_WHEN = "context.agent == "
 JWKS = "http://127.0.0.1:9/jwks.json"
 _names = itertools.count()
-
-
-@pytest.fixture(scope="module")
-def operator_kubeconfig(kube: KubeEnv) -> Path:
-    install_crds(kube)
-    return rbac_kubeconfig(kube, "operator")
-
-
-@pytest.fixture(scope="module")
-def operator_api(operator_kubeconfig: Path) -> Kube:
-    return Kube(new_api_client(str(operator_kubeconfig)))
-
-
-@pytest.fixture(scope="module")
-def admin(kube: KubeEnv) -> Kube:
-    return admin_api(kube)
 
 
 @pytest.fixture

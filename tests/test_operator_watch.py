@@ -29,9 +29,7 @@ from tests.support.issuer import LocalIssuer
 from tests.support.operator import (
     ROOT,
     OperatorProcess,
-    admin_api,
     check_request,
-    install_crds,
     namespace_object,
     policy_object,
     rbac_kubeconfig,
@@ -43,7 +41,7 @@ from tests.support.operator import (
 if TYPE_CHECKING:  # pytest_plugins imports it first, for assert rewriting
     from tests.support.kube import Kube as KubeEnv
 
-pytest_plugins = ("tests.support.kube",)
+pytest_plugins = ("tests.support.kube", "tests.support.operator_fixtures")
 
 TOOL = "query_financials"
 _names = itertools.count()
@@ -91,11 +89,15 @@ def deny(tool: str = TOOL) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def stack(kube: KubeEnv, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    install_crds(kube)
+def stack(
+    kube: KubeEnv,
+    admin: Kube,
+    operator_kubeconfig: Path,
+    extauthz_kubeconfig: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Stack]:
     workdir = tmp_path_factory.mktemp("watch")
-    operator_kubeconfig = rbac_kubeconfig(kube, "operator")
-    extauthz_api = Kube(new_api_client(str(rbac_kubeconfig(kube, "extauthz"))))
+    extauthz_api = Kube(new_api_client(str(extauthz_kubeconfig)))
     issuer = LocalIssuer(name="watch-issuer")
     audit_path = workdir / "decisions.jsonl"
     try:
@@ -108,7 +110,7 @@ def stack(kube: KubeEnv, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S
             ) as running,
         ):
             operator.wait_for_log("is now the leader")
-            yield Stack(kube, admin_api(kube), issuer, operator, running, audit_path)
+            yield Stack(kube, admin, issuer, operator, running, audit_path)
     finally:
         issuer.stop()
 

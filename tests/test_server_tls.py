@@ -6,23 +6,18 @@ certificate's CA, one that speaks plaintext.
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from envoy.service.auth.v3.external_auth_pb2 import CheckRequest, CheckResponse
 from envoy.service.auth.v3.external_auth_pb2_grpc import AuthorizationStub
 
 from callwarden.cli import main
 from callwarden.extauthz.responses import DECISION_ID_HEADER, allow_response
 from callwarden.extauthz.server import RunningServer, ServerTls, serve
+from tests.support.tls import self_signed
 
 
 class AllowAll:
@@ -30,37 +25,9 @@ class AllowAll:
         return allow_response({DECISION_ID_HEADER: "decision-1"})
 
 
-def self_signed() -> tuple[bytes, bytes]:
-    """(certificate PEM, key PEM) for 127.0.0.1 and localhost."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "callwarden-extauthz")])
-    now = datetime.datetime.now(datetime.UTC)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=1))
-        .not_valid_after(now + datetime.timedelta(hours=1))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    return certificate.public_bytes(serialization.Encoding.PEM), key_pem
-
-
 @pytest.fixture(scope="module")
 def pair() -> tuple[bytes, bytes]:
-    return self_signed()
+    return self_signed("callwarden-extauthz")
 
 
 @pytest.fixture

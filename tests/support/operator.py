@@ -15,7 +15,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -28,6 +27,7 @@ from kubernetes.client.exceptions import ApiException
 from callwarden.operator.configmaps import BUNDLE_SELECTOR
 from callwarden.operator.kubeclient import Kube, new_api_client
 from callwarden.policy.model import API_GROUP, API_VERSION, GROUP_VERSION
+from e2e import scenario
 
 if TYPE_CHECKING:  # imported for real by pytest_plugins, which must come first (assert rewriting)
     from tests.support.kube import Kube as KubeEnv
@@ -135,15 +135,11 @@ def events_for(api: Kube, namespace: str, name: str) -> list[dict[str, Any]]:
 
 
 def wait_for(probe: Callable[[], T | None], *, timeout: float = 30.0, what: str = "condition") -> T:
-    """Poll `probe` until it returns something truthy; fail with `what` after `timeout`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(0.1)
+    """Poll `probe` until it returns something truthy; fail the test naming `what` after `timeout`."""
+    try:
+        return scenario.wait_for(probe, timeout=timeout, what=what, interval=0.1)
+    except TimeoutError as error:
+        raise AssertionError(str(error)) from None
 
 
 # --- `callwarden operator` ------------------------------------------------------------------------
