@@ -200,6 +200,7 @@ class Service:
 
 
 _PORT_LINE = re.compile(rb"\(port (\d+)\)")
+_HTTP_AUTHZ_PORT_LINE = re.compile(rb"HTTP ext_authz on port (\d+)")
 
 
 def start_callwarden(
@@ -210,8 +211,11 @@ def start_callwarden(
     workers: int,
     processes: int = 1,
     timeout: float = 60.0,
+    transport: str = "grpc",
 ) -> Service:
     """`callwarden extauthz` in its own process(es), so its CPU can be read from /proc.
+
+    `transport="http"` also serves Envoy's HTTP ext_authz, and the addresses are that server's.
 
     Several processes each listen on their own port; Envoy's ext_authz cluster then lists every
     one of them and balances across them (the effect SO_REUSEPORT has for one shared port).
@@ -225,6 +229,8 @@ def start_callwarden(
             command = [*taskset(cpus), sys.executable, "-m", "callwarden.cli", "extauthz"]
             command += ["--config", str(config_dir), "--listen", "127.0.0.1:0"]
             command += ["--workers", str(workers), "--audit-log", str(workdir / f"decisions-{index}.log")]
+            if transport == "http":
+                command += ["--http-authz-listen", "127.0.0.1:0"]
             log_path = workdir / f"extauthz-{index}.log"
             log = log_path.open("wb")
             logs.append(log)
@@ -233,7 +239,8 @@ def start_callwarden(
                     command, stdout=subprocess.DEVNULL, stderr=log, stdin=subprocess.DEVNULL, cwd=ROOT
                 )
             )
-            port = _wait_port_line(started[-1], log_path, time.monotonic() + timeout)
+            pattern = _HTTP_AUTHZ_PORT_LINE if transport == "http" else _PORT_LINE
+            port = _wait_port_line(started[-1], log_path, time.monotonic() + timeout, pattern)
             service.addresses.append(f"127.0.0.1:{port}")
     except BaseException:
         service.stop()
@@ -241,9 +248,11 @@ def start_callwarden(
     return service
 
 
-def _wait_port_line(process: subprocess.Popen[bytes], log_path: Path, deadline: float) -> int:
+def _wait_port_line(
+    process: subprocess.Popen[bytes], log_path: Path, deadline: float, pattern: re.Pattern[bytes]
+) -> int:
     while True:
-        match = _PORT_LINE.search(log_path.read_bytes())
+        match = pattern.search(log_path.read_bytes())
         if match:
             return int(match.group(1))
         if process.poll() is not None:
@@ -312,10 +321,13 @@ def _direct_response_routes(bootstrap: dict[str, Any], keep_ext_authz: bool) -> 
         ]
 
 
-def envoy_bootstrap(servers: Sequence[McpServer], ext_authz: Sequence[str]) -> dict[str, Any]:
+def envoy_bootstrap(
+    servers: Sequence[McpServer], ext_authz: Sequence[str], transport: str = "grpc"
+) -> dict[str, Any]:
     """The gateway's bootstrap with direct responses, checking with every `ext_authz` address
-    (round robin); with none, the ceiling: the same listener without the ext_authz filter."""
-    bootstrap = render_bootstrap(servers, ext_authz=ext_authz[0] if ext_authz else "127.0.0.1:9")
+    (round robin) over `transport`; with none, the ceiling: the same listener without ext_authz."""
+    address = ext_authz[0] if ext_authz else "127.0.0.1:9"
+    bootstrap = render_bootstrap(servers, ext_authz=address, transport=transport)
     _direct_response_routes(bootstrap, keep_ext_authz=bool(ext_authz))
     clusters = bootstrap["static_resources"]["clusters"]
     checker = next(c for c in clusters if c["name"] == EXT_AUTHZ_CLUSTER)

@@ -238,9 +238,11 @@ def _summary_line(row: dict[str, Any]) -> str:
 
 
 @contextmanager
-def envoy_for(ext_authz: list[str], workdir: Path, sut_cpus: set[int] | None) -> Iterator[EnvoyProcess]:
+def envoy_for(
+    ext_authz: list[str], workdir: Path, sut_cpus: set[int] | None, transport: str = "grpc"
+) -> Iterator[EnvoyProcess]:
     servers = list(load_config([EXAMPLE]).servers.values())
-    envoy = start_envoy(envoy_bootstrap(servers, ext_authz), workdir, sut_cpus)
+    envoy = start_envoy(envoy_bootstrap(servers, ext_authz, transport), workdir, sut_cpus)
     try:
         yield envoy
     finally:
@@ -400,6 +402,17 @@ def measure_systems(runner: Runner, results: dict[str, Any], opa_binary: str | N
         rate = round(0.5 * max(r["rps"] for r in runs if r["scenario"] == "allowed"))
         results["rate_for_latency_target"] = rate
         runs += runner.at_rate("envoy+callwarden", envoy.url, rate)
+
+    print("bench: Envoy + callwarden over HTTP ext_authz", flush=True)
+    service = start_callwarden(
+        inputs.config_dir, workdir / "cw-http", cpus=sut_cpus, workers=4, transport="http"
+    )
+    with (
+        running(service) as cw,
+        envoy_for(cw.addresses, workdir / "envoy-cw-http", sut_cpus, "http") as envoy,
+    ):
+        meters = {"ext_authz": cw.cpu, "envoy": partial(envoy_cpu, envoy)}
+        runs += runner.measure("envoy+callwarden-http", envoy.url, SCENARIOS, meters, dict(rps_hint))
 
     print("bench: Envoy alone (ceiling)", flush=True)
     with envoy_for([], workdir / "envoy-ceiling", sut_cpus) as envoy:

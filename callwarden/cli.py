@@ -17,6 +17,7 @@ from callwarden.extauthz.jsonrpc import BodyRejected, parse_body
 from callwarden.policy.bundle import Bundle, BundleError, CompiledServer, compile_bundle
 from callwarden.policy.decide import JsonRpcError, Verdict, decide
 from callwarden.policy.loader import ConfigError, load_config
+from callwarden.policy.remote import RemotePdpFactory
 
 if TYPE_CHECKING:  # grpc is imported only when serving
     from callwarden.extauthz.server import ServerTls
@@ -36,11 +37,14 @@ def _fail(message: str) -> NoReturn:
     raise SystemExit(EXIT_INPUT_ERROR)
 
 
-def load_bundle(config_paths: Sequence[str]) -> Bundle:
-    """Load and compile configuration, or raise InputError naming every problem."""
+def load_bundle(config_paths: Sequence[str], *, remote_pdp: RemotePdpFactory | None = None) -> Bundle:
+    """Load and compile configuration, or raise InputError naming every problem.
+
+    Without `remote_pdp` (offline), servers that name a remote AuthZEN PDP fail every call.
+    """
     try:
         config = load_config([Path(p) for p in config_paths])
-        bundle = compile_bundle(config)
+        bundle = compile_bundle(config, remote_pdp=remote_pdp)
     except ConfigError as error:
         raise InputError("invalid configuration:\n  " + "\n  ".join(map(str, error.problems))) from error
     except BundleError as error:
@@ -123,9 +127,10 @@ def _command_extauthz(args: argparse.Namespace) -> int:
         raise InputError("extauthz needs either --config or --kubernetes (not both)")
     if args.kubernetes:
         return _extauthz_from_kubernetes(args)
+    from callwarden.authzen.client import RemotePdps  # noqa: PLC0415 (httpx only when serving)
     from callwarden.extauthz.service import start_extauthz  # noqa: PLC0415 (grpc only when serving)
 
-    bundle = load_bundle(args.config)
+    bundle = load_bundle(args.config, remote_pdp=RemotePdps())
     with start_extauthz(
         bundle,
         listen=args.listen,
@@ -133,10 +138,13 @@ def _command_extauthz(args: argparse.Namespace) -> int:
         audit_path=args.audit_log,
         workers=args.workers,
         tls=_server_tls(args),
+        http_authz_listen=args.http_authz_listen,
     ) as ext_authz:
+        http_authz = ext_authz.http_authz
+        also = f", HTTP ext_authz on port {http_authz.port}" if http_authz is not None else ""
         print(
             f"callwarden: ext_authz serving {len(bundle.servers)} McpServer(s), revision {bundle.revision}, "
-            f"on {args.listen} (port {ext_authz.server.port})",
+            f"on {args.listen} (port {ext_authz.server.port}){also}",
             file=sys.stderr,
         )
         _wait_for_signal()
@@ -214,13 +222,19 @@ def _log_to_stderr() -> None:
 
 
 def _command_gateway(args: argparse.Namespace) -> int:
+    from callwarden.authzen.client import RemotePdps  # noqa: PLC0415 (httpx only when serving)
     from callwarden.extauthz.service import start_gateway  # noqa: PLC0415 (grpc only when serving)
 
-    bundle = load_bundle(args.config)
+    bundle = load_bundle(args.config, remote_pdp=RemotePdps())
     with (
         tempfile.TemporaryDirectory(prefix="callwarden-gateway-") as workdir,
         start_gateway(
-            bundle, Path(workdir), port=args.port, listen_address=args.address, audit_path=args.audit_log
+            bundle,
+            Path(workdir),
+            port=args.port,
+            listen_address=args.address,
+            audit_path=args.audit_log,
+            transport=args.transport,
         ) as gateway,
     ):
         print(
@@ -253,6 +267,16 @@ def _command_demo(args: argparse.Namespace) -> int:
     from callwarden.demo.run import run_demo  # noqa: PLC0415 (the MCP SDK only for the demo)
 
     return run_demo(Path(args.config)) if args.config else run_demo()
+
+
+def _add_serving_arguments(extauthz: argparse.ArgumentParser) -> None:
+    extauthz.add_argument("--http-listen", help="HOST:PORT for /metrics, /healthz and /readyz")
+    extauthz.add_argument("--audit-log", help="append decision lines to this file (default: stdout)")
+    extauthz.add_argument("--workers", type=int, default=4, help="gRPC worker threads (default 4)")
+    extauthz.add_argument(
+        "--http-authz-listen",
+        help="HOST:PORT: also serve Envoy's HTTP ext_authz (http_service) there, with the same decisions",
+    )
 
 
 def _add_tls_arguments(extauthz: argparse.ArgumentParser) -> None:
@@ -309,9 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
     extauthz.add_argument("--namespace", help="with --kubernetes: watch this namespace only (default: all)")
     extauthz.add_argument("--kubeconfig", help="with --kubernetes: kubeconfig file (default: in-cluster)")
     extauthz.add_argument("--listen", default="0.0.0.0:9001", help="gRPC HOST:PORT (default 0.0.0.0:9001)")
-    extauthz.add_argument("--http-listen", help="HOST:PORT for /metrics, /healthz and /readyz")
-    extauthz.add_argument("--audit-log", help="append decision lines to this file (default: stdout)")
-    extauthz.add_argument("--workers", type=int, default=4, help="gRPC worker threads (default 4)")
+    _add_serving_arguments(extauthz)
     _add_tls_arguments(extauthz)
     extauthz.set_defaults(handler=_command_extauthz)
 
@@ -345,6 +367,12 @@ def build_parser() -> argparse.ArgumentParser:
     gateway.add_argument("--port", type=int, default=8080, help="gateway port (default 8080)")
     gateway.add_argument("--address", default="127.0.0.1", help="gateway listen address (default 127.0.0.1)")
     gateway.add_argument("--audit-log", help="append decision lines to this file (default: stdout)")
+    gateway.add_argument(
+        "--transport",
+        choices=("grpc", "http"),
+        default="grpc",
+        help="how Envoy asks callwarden: gRPC ext_authz (default) or HTTP ext_authz",
+    )
     gateway.set_defaults(handler=_command_gateway)
 
     pdp = commands.add_parser(

@@ -26,12 +26,10 @@ def test_bench_smoke_mode_writes_a_report_covering_every_scenario(tmp_path: Path
     assert done.returncode == 0, done.stderr[-4000:] + done.stdout[-2000:]
     report = json.loads((tmp_path / "results" / "report.json").read_text())
     measured = {(run["system"], run["scenario"]) for run in report["runs"]}
-    assert measured == {
-        ("envoy+callwarden", "allowed"),
-        ("envoy+callwarden", "denied"),
-        ("envoy+callwarden", "first-seen-token"),
-        ("envoy+callwarden", "batch-5"),
-        ("envoy-alone", "allowed"),
+    scenarios = ("allowed", "denied", "first-seen-token", "batch-5")
+    systems = ("envoy+callwarden", "envoy+callwarden-http")
+    assert measured == {(system, scenario) for system in systems for scenario in scenarios} | {
+        ("envoy-alone", "allowed")
     }
     assert all(run["requests"] > 0 and not run["errors"] for run in report["runs"])
     assert report["stages"] and report["scale"] and report["profile"]

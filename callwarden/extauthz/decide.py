@@ -1,4 +1,8 @@
-"""One Envoy CheckRequest in, one CheckResponse out: route, Layer 1, strict parse, Layer 2.
+"""One request view in, one answer out: route, Layer 1, strict parse, Layer 2.
+
+The decision is transport-neutral: `Enforcer.decide` takes a `RequestView` (what Envoy tells
+any ext_authz server about the original request) and returns an `Answer`. `Enforcer.check` is
+the gRPC adapter (CheckRequest -> view, answer -> CheckResponse); `http_authz` is the HTTP one.
 
 Every path through `Enforcer.check` ends in exactly one decision log line, and every path
 that is not an explicit permit is a denial: an unknown route, an unsupported HTTP method,
@@ -50,6 +54,42 @@ class EnforcementState:
         return cls(bundle, validators)
 
 
+@dataclass(frozen=True)
+class RequestView:
+    """The original request as Envoy describes it, whatever the ext_authz transport.
+
+    `headers` have lowercase names; `context_extensions` is empty over HTTP (gRPC only), and
+    then the server is routed by host and path.
+    """
+
+    method: str
+    host: str
+    path: str
+    headers: Mapping[str, str]
+    body: bytes
+    context_extensions: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class Answer:
+    """Allow (set `headers` upstream, remove `headers_to_remove`) or deny (`status`, `body` and
+    `headers` to the client)."""
+
+    allowed: bool
+    status: int
+    body: bytes
+    headers: Mapping[str, str]
+    headers_to_remove: tuple[str, ...] = ()
+
+
+def view_of(request: CheckRequest) -> RequestView:
+    """The gRPC CheckRequest as a view (the protobuf maps are read in place, not copied)."""
+    http = request.attributes.request.http
+    return RequestView(
+        http.method, http.host, http.path, http.headers, http.raw_body, request.attributes.context_extensions
+    )
+
+
 @dataclass
 class _Outcome:
     """What one check decided, gathered for the response, the log line and the metrics."""
@@ -82,6 +122,13 @@ class Enforcer:
         self._state = state
 
     def check(self, request: CheckRequest) -> CheckResponse:
+        """The gRPC adapter."""
+        answer = self.decide(view_of(request))
+        if answer.allowed:
+            return allow_response(answer.headers, answer.headers_to_remove)
+        return deny_response(answer.status, answer.body, answer.headers)
+
+    def decide(self, request: RequestView) -> Answer:
         started = time.perf_counter()
         decision_id = new_decision_id()
         state = self._state
@@ -95,17 +142,19 @@ class Enforcer:
         latency = time.perf_counter() - started
         self._record(decision_id, state.bundle.revision, outcome, latency)
         if outcome.allowed:
-            http = request.attributes.request.http
-            forged = [name for name in http.headers if name.startswith(RESERVED_HEADER_PREFIX)]
-            return allow_response({DECISION_HEADER: decision_id}, forged)
-        return deny_response(outcome.status, outcome.body, {**outcome.headers, DECISION_HEADER: decision_id})
+            forged = tuple(
+                name
+                for name in request.headers
+                if name.startswith(RESERVED_HEADER_PREFIX) and name != DECISION_HEADER
+            )
+            return Answer(True, 200, b"", {DECISION_HEADER: decision_id}, forged)
+        return Answer(False, outcome.status, outcome.body, {**outcome.headers, DECISION_HEADER: decision_id})
 
     # -- the decision ------------------------------------------------------------------
 
-    def _decide(self, state: EnforcementState, request: CheckRequest) -> _Outcome:
-        http = request.attributes.request.http
+    def _decide(self, state: EnforcementState, http: RequestView) -> _Outcome:
         headers = http.headers
-        named = request.attributes.context_extensions.get("mcp_server")
+        named = http.context_extensions.get("mcp_server")
         server = state.bundle.find(named) if named else state.bundle.route(http.host, http.path)
         if server is None:
             where = f"mcp_server {named!r}" if named else f"{http.host}{http.path.split('?', 1)[0]}"
@@ -125,7 +174,7 @@ class Enforcer:
             return _Outcome(True, 200, reasons=("authenticated",), server=server.key, http_method=method)
         return self._decide_body(server, http, claims)
 
-    def _decide_body(self, server: CompiledServer, http: Any, claims: Mapping[str, Any]) -> _Outcome:
+    def _decide_body(self, server: CompiledServer, http: RequestView, claims: Mapping[str, Any]) -> _Outcome:
         headers = http.headers
         status = server.server.spec.deny_http_status
         encoding = headers.get("content-encoding", "identity").strip().lower()
@@ -135,7 +184,7 @@ class Enforcer:
         if headers.get(PARTIAL_BODY_HEADER, "").lower() == "true":
             return _body_denial(server, status, "partial-body", "request body was truncated by the gateway")
         try:
-            body = parse_body(http.raw_body, max_bytes=server.server.spec.max_request_bytes)
+            body = parse_body(http.body, max_bytes=server.server.spec.max_request_bytes)
         except BodyRejected as rejected:
             return _body_denial(server, status, rejected.reason, rejected.message, rejected.code)
         verdicts = [_verdict(server, message, claims) for message in body.messages]

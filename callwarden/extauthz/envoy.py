@@ -35,6 +35,14 @@ from callwarden.policy.model import McpServer
 EXT_AUTHZ_CLUSTER = "callwarden_ext_authz"
 EXT_AUTHZ_FILTER = "envoy.filters.http.ext_authz"
 CONTEXT_SERVER_KEY = "mcp_server"
+# The checker's header names (decide.py); named here too so rendering a bootstrap needs no protobuf.
+DECISION_ID_HEADER = "x-callwarden-decision-id"
+PARTIAL_BODY_HEADER = "x-envoy-auth-partial-body"
+RESERVED_HEADER_PREFIX = "x-callwarden-"
+# Envoy's HTTP ext_authz allows on 200 and on nothing else, so a denial the client must see as
+# 200 (a JSON-RPC error under deny_http_status 200, the default) travels from the checker as this
+# unassigned status, and the listener's local reply mapper turns it back into 200.
+DENIED_OK_STATUS = 299
 # The filter-wide body limit applies to requests matching no McpServer route (they 404 anyway).
 DEFAULT_MAX_REQUEST_BYTES = 1_048_576
 # Streamable HTTP keeps GET (SSE) streams open and quiet for long stretches: no overall route
@@ -139,8 +147,10 @@ def _default_ca_file() -> str:
     return path
 
 
-def _ext_authz_cluster(address: str) -> dict[str, Any]:
+def _ext_authz_cluster(address: str, transport: str) -> dict[str, Any]:
     host, port = split_host_port(address)
+    if transport == "http":  # HTTP/1.1 keep-alive: callwarden's http_authz server
+        return _cluster(EXT_AUTHZ_CLUSTER, host, port)
     return _cluster(
         EXT_AUTHZ_CLUSTER,
         host,
@@ -162,15 +172,63 @@ def _body_settings(max_request_bytes: int) -> dict[str, Any]:
     return {"max_request_bytes": max_request_bytes, "allow_partial_message": False, "pack_as_bytes": True}
 
 
-def _ext_authz_filter(timeout_seconds: float) -> dict[str, Any]:
+def _exact(*names: str) -> dict[str, Any]:
+    return {"patterns": [{"exact": name} for name in names]}
+
+
+def _http_allowed_headers() -> dict[str, Any]:
+    """The client headers Envoy copies into the HTTP check request, besides Host, Method, Path,
+    Content-Length and Authorization, which it always sends."""
+    request_headers = _exact("content-type", "content-encoding", PARTIAL_BODY_HEADER)
+    # The client-sent x-callwarden-* names must reach the checker, which tells Envoy to strip them.
+    request_headers["patterns"].append({"prefix": RESERVED_HEADER_PREFIX})
+    return request_headers
+
+
+def _http_service(address: str, timeout_seconds: float) -> dict[str, Any]:
+    """Envoy's HTTP ext_authz to callwarden.extauthz.http_authz (no context extensions there:
+    the checker routes by the Host and path Envoy forwards, as Envoy's own routes do)."""
     return {
-        "name": EXT_AUTHZ_FILTER,
-        "typed_config": {
-            "@type": _EXT_AUTHZ_TYPE,
+        "server_uri": {
+            "uri": f"http://{address}",
+            "cluster": EXT_AUTHZ_CLUSTER,
+            "timeout": f"{timeout_seconds}s",
+        },
+        "authorization_response": {
+            # Set on the upstream request, overwriting a client-sent value.
+            "allowed_upstream_headers": _exact(DECISION_ID_HEADER),
+            "allowed_client_headers": _exact("content-type", "www-authenticate", "allow", DECISION_ID_HEADER),
+        },
+    }
+
+
+def _denied_ok_mapper() -> dict[str, Any]:
+    comparison = {
+        "op": "EQ",
+        "value": {"default_value": DENIED_OK_STATUS, "runtime_key": "callwarden.denied_ok"},
+    }
+    return {"filter": {"status_code_filter": {"comparison": comparison}}, "status_code": 200}
+
+
+def _ext_authz_filter(timeout_seconds: float, transport: str, address: str) -> dict[str, Any]:
+    service: dict[str, Any]
+    if transport == "http":
+        service = {
+            "http_service": _http_service(address, timeout_seconds),
+            "allowed_headers": _http_allowed_headers(),
+        }
+    else:
+        service = {
             "grpc_service": {
                 "envoy_grpc": {"cluster_name": EXT_AUTHZ_CLUSTER},
                 "timeout": f"{timeout_seconds}s",
             },
+        }
+    return {
+        "name": EXT_AUTHZ_FILTER,
+        "typed_config": {
+            "@type": _EXT_AUTHZ_TYPE,
+            **service,
             "transport_api_version": "V3",
             "failure_mode_allow": False,
             "status_on_error": {"code": 503},
@@ -258,11 +316,13 @@ def render_bootstrap(
     ext_authz_timeout_seconds: float = 1.0,
     ca_file: str | None = None,
     max_connections: int = 50_000,
+    transport: str = "grpc",
 ) -> dict[str, Any]:
     """The Envoy bootstrap for `servers`, checking every request with ext_authz at `ext_authz`.
 
-    `ext_authz` is the gRPC server's `host:port`. Port 0 binds any free port (`EnvoyProcess`
-    reads the real ones back). Raises ValueError for a server Envoy could not route.
+    `ext_authz` is the checker's `host:port`: the gRPC server (`transport="grpc"`) or the HTTP
+    ext_authz server (`transport="http"`, callwarden.extauthz.http_authz). Port 0 binds any free
+    port (`EnvoyProcess` reads the real ones back). Raises ValueError for a server Envoy could not route.
     """
     hcm = {
         "@type": _HCM_TYPE,
@@ -280,11 +340,13 @@ def render_bootstrap(
         "request_headers_timeout": "10s",
         "access_log": [{"name": "envoy.access_loggers.stdout", "typed_config": {"@type": _STDOUT_LOG_TYPE}}],
         "http_filters": [
-            _ext_authz_filter(ext_authz_timeout_seconds),
+            _ext_authz_filter(ext_authz_timeout_seconds, transport, ext_authz),
             {"name": "envoy.filters.http.router", "typed_config": {"@type": _ROUTER_TYPE}},
         ],
         "route_config": {"name": "callwarden", "virtual_hosts": _virtual_hosts(servers)},
     }
+    if transport == "http":
+        hcm["local_reply_config"] = {"mappers": [_denied_ok_mapper()]}
     listener = {
         "name": "callwarden",
         "address": _socket_address(listen_address, listen_port),
@@ -292,7 +354,11 @@ def render_bootstrap(
             {"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}
         ],
     }
-    clusters = [_ext_authz_cluster(ext_authz)] + [_upstream_cluster(server, ca_file) for server in servers]
+    if transport not in ("grpc", "http"):
+        raise ValueError(f"ext_authz transport must be grpc or http, not {transport!r}")
+    clusters = [_ext_authz_cluster(ext_authz, transport)] + [
+        _upstream_cluster(server, ca_file) for server in servers
+    ]
     return {
         "admin": {"address": _socket_address("127.0.0.1", admin_port)},
         "static_resources": {"listeners": [listener], "clusters": clusters},

@@ -54,3 +54,17 @@ AUDIT_BACKLOG_EVENTS: Final = Counter(
     "Decisions recorded while the decision log queue was full (kept, not dropped).",
     registry=REGISTRY,
 )
+# A remote AuthZEN PDP (`spec.pdp.authzen`), from a pooled loopback answer to its timeout.
+PDP_REQUEST_SECONDS: Final = Histogram(
+    "callwarden_pdp_request_seconds",
+    "Requests to a remote AuthZEN PDP, by API (metadata, evaluation, evaluations).",
+    ["api"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+    registry=REGISTRY,
+)
+PDP_ERRORS: Final = Counter(
+    "callwarden_pdp_errors_total",
+    "Calls a remote AuthZEN PDP did not answer usably (each denied -32603), by reason.",
+    ["reason"],
+    registry=REGISTRY,
+)

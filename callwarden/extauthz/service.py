@@ -17,6 +17,7 @@ from typing import IO
 from callwarden.extauthz.audit import DecisionLog
 from callwarden.extauthz.decide import EnforcementState, Enforcer
 from callwarden.extauthz.envoy import EnvoyProcess, render_bootstrap
+from callwarden.extauthz.http_authz import HttpAuthzServer
 from callwarden.extauthz.server import DEFAULT_WORKERS, RunningServer, ServerTls, serve
 from callwarden.extauthz.token import JwksStore
 from callwarden.policy.bundle import Bundle
@@ -30,10 +31,18 @@ class ExtAuthz:
     enforcer: Enforcer
     decision_log: DecisionLog
     jwks: JwksStore
+    http_authz: HttpAuthzServer | None = None
 
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.server.port}"
+
+    @property
+    def http_authz_address(self) -> str:
+        """The HTTP ext_authz server's address (only when started with `http_authz_listen`)."""
+        if self.http_authz is None:
+            raise RuntimeError("this ext_authz serves gRPC only (no http_authz_listen)")
+        return f"127.0.0.1:{self.http_authz.port}"
 
     def swap(self, bundle: Bundle) -> None:
         """Enforce `bundle` from the next check on; in-flight checks finish on the old one."""
@@ -68,13 +77,15 @@ def start_extauthz(
     jwks: JwksStore | None = None,
     ready_checks: Sequence[ReadyCheck] = (),
     tls: ServerTls | None = None,
+    http_authz_listen: str | None = None,
 ) -> Iterator[ExtAuthz]:
     """Serve Envoy's Check for `bundle` until the block exits; the decision log is flushed then.
 
     `jwks` is a key store the caller configured (and closes); by default one with the standard
     refresh intervals is made here. gRPC health and /readyz report ready while the decision log
     keeps up and every one of `ready_checks` says ready (e.g. a bundle watcher that has synced);
-    the first check that fails gives the reason. `tls` serves gRPC over TLS.
+    the first check that fails gives the reason. `tls` serves gRPC over TLS. `http_authz_listen`
+    also serves Envoy's HTTP ext_authz there (callwarden.extauthz.http_authz), same decisions.
     """
     with ExitStack() as stack:
         if jwks is None:
@@ -93,7 +104,11 @@ def start_extauthz(
             tls=tls,
         )
         stack.callback(server.stop)
-        yield ExtAuthz(server, enforcer, decision_log, jwks)
+        http_authz = None
+        if http_authz_listen is not None:
+            http_authz = HttpAuthzServer(enforcer.decide, http_authz_listen)
+            stack.callback(http_authz.stop)
+        yield ExtAuthz(server, enforcer, decision_log, jwks, http_authz)
 
 
 @dataclass
@@ -116,12 +131,24 @@ def start_gateway(
     audit_path: str | None = None,
     audit_stream: IO[str] | None = None,
     jwks: JwksStore | None = None,
+    transport: str = "grpc",
 ) -> Iterator[Gateway]:
-    """Envoy on `port` in front of every McpServer's upstream, checking each request here."""
+    """Envoy on `port` in front of every McpServer's upstream, checking each request here.
+
+    `transport` is how Envoy asks: "grpc" (the default) or "http" (Envoy's HTTP ext_authz).
+    """
     servers = [compiled.server for compiled in bundle.servers.values()]
-    with start_extauthz(bundle, audit_path=audit_path, audit_stream=audit_stream, jwks=jwks) as ext_authz:
+    http_authz_listen = "127.0.0.1:0" if transport == "http" else None
+    with start_extauthz(
+        bundle,
+        audit_path=audit_path,
+        audit_stream=audit_stream,
+        jwks=jwks,
+        http_authz_listen=http_authz_listen,
+    ) as ext_authz:
+        address = ext_authz.http_authz_address if transport == "http" else ext_authz.address
         bootstrap = render_bootstrap(
-            servers, ext_authz=ext_authz.address, listen_address=listen_address, listen_port=port
+            servers, ext_authz=address, listen_address=listen_address, listen_port=port, transport=transport
         )
         with EnvoyProcess(bootstrap, workdir) as envoy:
             yield Gateway(ext_authz, envoy)

@@ -31,6 +31,7 @@ from kubernetes import watch as _watch
 from kubernetes.client.exceptions import ApiException
 from prometheus_client import Counter
 
+from callwarden.authzen.client import RemotePdps
 from callwarden.extauthz import metrics
 from callwarden.extauthz.server import DEFAULT_WORKERS, ServerTls
 from callwarden.extauthz.service import ExtAuthz, start_extauthz
@@ -45,6 +46,7 @@ from callwarden.operator.configmaps import (
 from callwarden.operator.kubeclient import Kube, describe_error
 from callwarden.policy.bundle import Bundle, BundleError, compile_bundle
 from callwarden.policy.loader import ConfigError, config_from_objects
+from callwarden.policy.remote import RemotePdpFactory
 
 log = logging.getLogger(__name__)
 watch: Any = _watch  # kubernetes.watch has no type hints
@@ -90,8 +92,10 @@ class BundleWatcher:
         namespace: str | None = None,
         watch_seconds: int = WATCH_SECONDS,
         debounce: float = 0.05,
+        remote_pdp: RemotePdpFactory | None = None,
     ) -> None:
         self.kube = kube
+        self.remote_pdp = remote_pdp  # builds the PDP of servers that name a remote AuthZEN PDP
         self.swap = swap
         self.namespace = namespace
         self.watch_seconds = watch_seconds
@@ -276,7 +280,8 @@ class BundleWatcher:
         self._verdicts = {k: v for k, v in self._verdicts.items() if k[0] in complete}
         previous = self._health
         try:
-            bundle = compile_bundle(config_from_objects(merge_objects(chosen[key] for key in sorted(chosen))))
+            objects = merge_objects(chosen[key] for key in sorted(chosen))
+            bundle = compile_bundle(config_from_objects(objects), remote_pdp=self.remote_pdp)
         except (ConfigError, BundleError) as error:
             BUNDLE_ERRORS.labels(reason="does-not-compile").inc()
             log.error(
@@ -341,18 +346,22 @@ def start_kubernetes_extauthz(
     empty configuration when the API server could have told it the real one. gRPC health and
     /readyz also say whether a bundle was loaded from the API (`BundleWatcher.readiness`).
     """
-    watcher = BundleWatcher(kube, lambda bundle: None, namespace=namespace)
+    remote_pdps = RemotePdps()
+    watcher = BundleWatcher(kube, lambda bundle: None, namespace=namespace, remote_pdp=remote_pdps)
     bundle = watcher.load()
-    with start_extauthz(
-        bundle,
-        listen=listen,
-        http_listen=http_listen,
-        audit_path=audit_path,
-        audit_stream=audit_stream,
-        workers=workers,
-        ready_checks=(watcher.readiness,),
-        tls=tls,
-    ) as ext_authz:
+    with (
+        remote_pdps,
+        start_extauthz(
+            bundle,
+            listen=listen,
+            http_listen=http_listen,
+            audit_path=audit_path,
+            audit_stream=audit_stream,
+            workers=workers,
+            ready_checks=(watcher.readiness,),
+            tls=tls,
+        ) as ext_authz,
+    ):
         watcher.swap = ext_authz.swap
         watcher.start()
         try:

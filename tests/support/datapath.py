@@ -35,7 +35,8 @@ from callwarden.extauthz.decide import DECISION_HEADER
 from callwarden.extauthz.service import Gateway, start_gateway
 from callwarden.extauthz.token import JwksStore
 from callwarden.policy.bundle import Bundle, CompiledServer, compile_bundle
-from callwarden.policy.loader import load_config
+from callwarden.policy.loader import Config, load_config
+from callwarden.policy.remote import RemotePdpFactory
 
 SERVERS: Final = tuple(DEFAULT_PORTS)  # finance, documents, workflow
 AGENT: Final = "board-agent"
@@ -77,6 +78,7 @@ class DataPath:
     audit_path: Path
     client: httpx.Client
     issuers: RunningIssuers | None = None  # the demo issuers, when the test brought none
+    config: Config | None = None  # the localized configuration the bundle was compiled from
 
     @property
     def url(self) -> str:
@@ -157,12 +159,19 @@ class DataPath:
 
 @contextmanager
 def start_datapath(
-    workdir: Path, *, issuers: Issuers | None = None, jwks: JwksStore | None = None
+    workdir: Path,
+    *,
+    issuers: Issuers | None = None,
+    jwks: JwksStore | None = None,
+    remote_pdp: RemotePdpFactory | None = None,
+    transport: str = "grpc",
 ) -> Iterator[DataPath]:
     """The board-packet scenario behind real Envoy, on free loopback ports, until the block exits.
 
     `issuers` replaces the demo issuers (keyed by server name: finance, documents, workflow);
-    `jwks` is a configured key store (e.g. short refresh intervals) the caller closes.
+    `jwks` is a configured key store (e.g. short refresh intervals) the caller closes;
+    `remote_pdp` builds the PDP of servers whose spec names `pdp.authzen` (see `DataPath.config`);
+    `transport` is how Envoy asks the checker ("grpc" or "http" ext_authz).
     """
     with ExitStack() as stack:
         servers = stack.enter_context(start_servers(dict.fromkeys(SERVERS, 0)))
@@ -170,13 +179,16 @@ def start_datapath(
         trusted = issuers
         if trusted is None:
             trusted = demo_issuers = stack.enter_context(start_issuers(dict.fromkeys(DEFAULT_ISSUERS, 0)))
-        bundle = compile_bundle(localize(load_config([EXAMPLE]), servers, trusted))
+        config = localize(load_config([EXAMPLE]), servers, trusted)
+        bundle = compile_bundle(config, remote_pdp=remote_pdp)
         audit_path = workdir / "decisions.jsonl"
         gateway = stack.enter_context(
-            start_gateway(bundle, workdir / "envoy", audit_path=str(audit_path), jwks=jwks)
+            start_gateway(
+                bundle, workdir / "envoy", audit_path=str(audit_path), jwks=jwks, transport=transport
+            )
         )
         client = stack.enter_context(httpx.Client(timeout=10.0, trust_env=False))
-        yield DataPath(gateway, servers, bundle, audit_path, client, demo_issuers)
+        yield DataPath(gateway, servers, bundle, audit_path, client, demo_issuers, config)
 
 
 def running_datapath(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DataPath]:
