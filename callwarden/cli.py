@@ -122,15 +122,22 @@ def _wait_for_signal() -> None:
     stop.wait()
 
 
+def _remote_pdps() -> RemotePdpFactory:
+    """The remote-PDP factory of a serving process, reporting to its Prometheus metrics."""
+    from callwarden.authzen.client import RemotePdps  # noqa: PLC0415 (httpx only when serving)
+    from callwarden.extauthz.metrics import PdpMetrics  # noqa: PLC0415
+
+    return RemotePdps(observer=PdpMetrics())
+
+
 def _command_extauthz(args: argparse.Namespace) -> int:
     if args.kubernetes == bool(args.config):
         raise InputError("extauthz needs either --config or --kubernetes (not both)")
     if args.kubernetes:
         return _extauthz_from_kubernetes(args)
-    from callwarden.authzen.client import RemotePdps  # noqa: PLC0415 (httpx only when serving)
     from callwarden.extauthz.service import start_extauthz  # noqa: PLC0415 (grpc only when serving)
 
-    bundle = load_bundle(args.config, remote_pdp=RemotePdps())
+    bundle = load_bundle(args.config, remote_pdp=_remote_pdps())
     with start_extauthz(
         bundle,
         listen=args.listen,
@@ -166,7 +173,7 @@ def _server_tls(args: argparse.Namespace) -> ServerTls | None:
 
 def _extauthz_from_kubernetes(args: argparse.Namespace) -> int:
     from callwarden.extauthz.watch import start_kubernetes_extauthz  # noqa: PLC0415 (kubernetes only here)
-    from callwarden.operator.kubeclient import Kube, new_api_client  # noqa: PLC0415
+    from callwarden.kube.client import Kube, new_api_client  # noqa: PLC0415
 
     _log_to_stderr()
     kube = Kube(new_api_client(args.kubeconfig))
@@ -222,10 +229,9 @@ def _log_to_stderr() -> None:
 
 
 def _command_gateway(args: argparse.Namespace) -> int:
-    from callwarden.authzen.client import RemotePdps  # noqa: PLC0415 (httpx only when serving)
     from callwarden.extauthz.service import start_gateway  # noqa: PLC0415 (grpc only when serving)
 
-    bundle = load_bundle(args.config, remote_pdp=RemotePdps())
+    bundle = load_bundle(args.config, remote_pdp=_remote_pdps())
     with (
         tempfile.TemporaryDirectory(prefix="callwarden-gateway-") as workdir,
         start_gateway(

@@ -18,7 +18,7 @@ from typing import Final
 
 from callwarden.demo.issuers import start_issuers
 from callwarden.demo.servers import start_servers
-from callwarden.operator.kubeclient import Kube, new_api_client
+from callwarden.kube.client import Kube, new_api_client
 from e2e.scenario import SERVERS, Fixtures, Gateway, run_scenario
 
 SERVICE: Final = os.environ.get(

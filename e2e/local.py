@@ -34,7 +34,7 @@ from kubernetes.client.exceptions import ApiException
 from callwarden.demo.issuers import RunningIssuers, start_issuers
 from callwarden.demo.servers import RunningServers, start_servers
 from callwarden.extauthz.envoy import EnvoyProcess, render_bootstrap
-from callwarden.operator.kubeclient import Kube, new_api_client
+from callwarden.kube.client import Kube, new_api_client
 from callwarden.policy.loader import config_from_objects
 from e2e.scenario import SERVERS, Fixtures, Gateway, Report, ensure_namespace, example_objects, run_scenario
 

@@ -34,7 +34,7 @@ from callwarden.demo.agent import ToolCall, run_agent
 from callwarden.demo.issuers import RunningIssuers
 from callwarden.demo.run import SCENARIO, Session
 from callwarden.demo.servers import RunningServers
-from callwarden.operator.kubeclient import REQUEST_TIMEOUT, Kube
+from callwarden.kube.client import REQUEST_TIMEOUT, Kube
 from callwarden.policy.loader import load_config
 from callwarden.policy.model import API_GROUP, API_VERSION
 

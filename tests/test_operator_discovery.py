@@ -18,9 +18,9 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from callwarden.operator.configmaps import DATA_KEY, assemble, merge_objects, read_shard
+from callwarden.kube.bundles import DATA_KEY, assemble, merge_objects, read_shard
+from callwarden.kube.client import Kube
 from callwarden.operator.discovery import Discoverer, Target
-from callwarden.operator.kubeclient import Kube
 from callwarden.operator.pinning import DiscoveryLimits
 from callwarden.operator.reconcile import Reconciler
 from callwarden.operator.validation import mapping_sha256

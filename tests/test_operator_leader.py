@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from callwarden.operator.kubeclient import Kube
+from callwarden.kube.client import Kube
 from tests.support.operator import (
     SYSTEM_NAMESPACE,
     OperatorProcess,

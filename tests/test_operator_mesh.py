@@ -19,7 +19,7 @@ import pytest
 import yaml
 from kubernetes.client.exceptions import ApiException
 
-from callwarden.operator.kubeclient import Kube, new_api_client
+from callwarden.kube.client import Kube, new_api_client
 from callwarden.operator.mesh import (
     MeshOptions,
     MeshWiring,

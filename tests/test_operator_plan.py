@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from callwarden.operator.configmaps import (
+from callwarden.kube.bundles import (
     BUNDLE_LABEL,
     DATA_KEY,
     MANAGED_BY_LABEL,

@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from callwarden.operator.configmaps import DATA_KEY
-from callwarden.operator.kubeclient import Kube
+from callwarden.kube.bundles import DATA_KEY
+from callwarden.kube.client import Kube
 from tests.support.operator import (
     OperatorProcess,
     bundle_configmaps,

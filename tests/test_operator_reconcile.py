@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from callwarden.operator.configmaps import DATA_KEY, REVISION_ANNOTATION
-from callwarden.operator.kubeclient import Kube
+from callwarden.kube.bundles import DATA_KEY, REVISION_ANNOTATION
+from callwarden.kube.client import Kube
 from callwarden.operator.reconcile import NotLeader, Reconciler
 from tests.support.operator import (
     bundle_configmaps,

@@ -22,8 +22,8 @@ import pytest
 
 from callwarden.extauthz import metrics
 from callwarden.extauthz.watch import KubernetesExtAuthz, start_kubernetes_extauthz
-from callwarden.operator.configmaps import build_configmaps
-from callwarden.operator.kubeclient import Kube, new_api_client
+from callwarden.kube.bundles import build_configmaps
+from callwarden.kube.client import Kube, new_api_client
 from callwarden.policy.loader import ConfigError, config_from_objects
 from tests.support.issuer import LocalIssuer
 from tests.support.operator import (

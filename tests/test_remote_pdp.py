@@ -275,7 +275,7 @@ def test_a_failure_is_counted_by_reason(scripted: ScriptedPdp) -> None:
     counter = metrics.PDP_ERRORS.labels(reason="status")
     before = counter._value.get()
     with pytest.raises(RemotePdpError):
-        client(scripted).evaluate_mapped([REQUEST])
+        client(scripted, observer=metrics.PdpMetrics()).evaluate_mapped([REQUEST])
     assert counter._value.get() == before + 1
 
 

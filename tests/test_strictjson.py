@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from callwarden.extauthz.strictjson import MAX_DEPTH_LIMIT, REASONS, JsonRejected, loads
+from callwarden.policy.strictjson import MAX_DEPTH_LIMIT, REASONS, JsonRejected, loads
 
 DEPTH = 8
 

@@ -41,9 +41,9 @@ from urllib.parse import urlsplit
 import orjson
 
 from callwarden.authzen.search import DEFAULT_MAX_PAGE_SIZE, SEARCH_KINDS, SearchKind, search
-from callwarden.extauthz.strictjson import JsonRejected, loads
 from callwarden.policy.evaluation import AuthzenRequestError
 from callwarden.policy.pdp import EmbeddedPdp
+from callwarden.policy.strictjson import JsonRejected, loads
 
 __all__ = ["ApiOptions", "AuthzenApi", "Headers", "Response", "RunningPdp", "start_pdp"]
 

@@ -31,17 +31,16 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, Protocol
 from urllib.parse import urlsplit
 
 import httpx
 import orjson
 
-from callwarden.extauthz import metrics
-from callwarden.extauthz.strictjson import JsonRejected, loads
 from callwarden.policy.model import McpServer
 from callwarden.policy.pdp import Decision
 from callwarden.policy.remote import PdpUnavailable
+from callwarden.policy.strictjson import JsonRejected, loads
 
 __all__ = ["RemoteAuthzenPdp", "RemotePdpError", "RemotePdps"]
 
@@ -53,6 +52,25 @@ MAX_DEPTH: Final = 64
 # What a decision's context may contribute to an audit line; a PDP's context is free-form.
 MAX_REASONS: Final = 32
 MAX_TEXT: Final = 300
+
+
+class PdpObserver(Protocol):
+    """Where a remote PDP's latency and failures are reported (the data path's metrics).
+
+    Injected rather than imported so AuthZEN over HTTP stays below the data path.
+    """
+
+    def request_seconds(self, api: str, seconds: float) -> None: ...
+
+    def error(self, reason: str) -> None: ...
+
+
+class _Unobserved:
+    def request_seconds(self, api: str, seconds: float) -> None:
+        pass
+
+    def error(self, reason: str) -> None:
+        pass
 
 
 class RemotePdpError(PdpUnavailable):
@@ -157,6 +175,7 @@ class RemoteAuthzenPdp:
         cache_capacity: int = 10_000,
         verify: Any = True,
         clock: Callable[[], float] = time.monotonic,
+        observer: PdpObserver | None = None,
     ) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
@@ -164,6 +183,7 @@ class RemoteAuthzenPdp:
         if failure_threshold < 1 or cool_down < 0 or metadata_seconds < 0:
             raise ValueError("failure_threshold must be at least 1; cool_down, metadata_seconds >= 0")
         self.url = url
+        self._observer: PdpObserver = observer or _Unobserved()
         base = url.rstrip("/")
         self._metadata_url = f"{parts.scheme}://{parts.netloc}{WELL_KNOWN}{parts.path.rstrip('/')}"
         self._defaults = _Endpoints(base + EVALUATION_PATH, base + EVALUATIONS_PATH)
@@ -213,17 +233,17 @@ class RemoteAuthzenPdp:
         try:
             self._breaker.admit()
         except RemotePdpError as error:
-            metrics.PDP_ERRORS.labels(reason=error.reason).inc()
+            self._observer.error(error.reason)
             raise
         try:
             decisions = self._ask(requests)
         except RemotePdpError as error:
             self._breaker.failed()
-            metrics.PDP_ERRORS.labels(reason=error.reason).inc()
+            self._observer.error(error.reason)
             raise
         except Exception:
             self._breaker.failed()
-            metrics.PDP_ERRORS.labels(reason="internal").inc()
+            self._observer.error("internal")
             raise
         self._breaker.succeeded()
         if self._cache is not None:
@@ -300,7 +320,7 @@ class RemoteAuthzenPdp:
         except httpx.HTTPError as error:
             raise RemotePdpError("transport", f"the AuthZEN PDP cannot be reached ({api})") from error
         finally:
-            metrics.PDP_REQUEST_SECONDS.labels(api=api).observe(time.perf_counter() - started)
+            self._observer.request_seconds(api, time.perf_counter() - started)
         try:
             return 200, loads(raw, max_depth=MAX_DEPTH)
         except JsonRejected as error:
@@ -377,12 +397,14 @@ class RemotePdps:
         cool_down: float = 5.0,
         metadata_seconds: float = 300.0,
         verify: Any = True,
+        observer: PdpObserver | None = None,
     ) -> None:
         self._options: dict[str, Any] = {
             "failure_threshold": failure_threshold,
             "cool_down": cool_down,
             "metadata_seconds": metadata_seconds,
             "verify": verify,
+            "observer": observer,
         }
         self._lock = threading.Lock()
         self._pdps: dict[tuple[str, float, float], RemoteAuthzenPdp] = {}

@@ -10,8 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Final
 
-from callwarden.extauthz.strictjson import JsonRejected, loads
 from callwarden.policy.pip import InformationError, StaticInformation
+from callwarden.policy.strictjson import JsonRejected, loads
 
 MAX_DATA_BYTES: Final = 16 * 1024 * 1024
 MAX_DATA_DEPTH: Final = 64

@@ -27,7 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
-from callwarden.extauthz import strictjson
+from callwarden.policy import strictjson
 
 # JSON-RPC error codes (contracts): the body is not parseable JSON / not a valid request.
 PARSE_ERROR: Final = -32700

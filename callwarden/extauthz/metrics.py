@@ -68,3 +68,13 @@ PDP_ERRORS: Final = Counter(
     ["reason"],
     registry=REGISTRY,
 )
+
+
+class PdpMetrics:
+    """The remote-PDP client's observer: its latency and failures as Prometheus metrics."""
+
+    def request_seconds(self, api: str, seconds: float) -> None:
+        PDP_REQUEST_SECONDS.labels(api=api).observe(seconds)
+
+    def error(self, reason: str) -> None:
+        PDP_ERRORS.labels(reason=reason).inc()

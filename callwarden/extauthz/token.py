@@ -45,7 +45,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
-from callwarden.extauthz import strictjson
+from callwarden.policy import strictjson
 from callwarden.policy.model import McpServer
 
 log = logging.getLogger(__name__)

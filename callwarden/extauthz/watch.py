@@ -35,7 +35,7 @@ from callwarden.authzen.client import RemotePdps
 from callwarden.extauthz import metrics
 from callwarden.extauthz.server import DEFAULT_WORKERS, ServerTls
 from callwarden.extauthz.service import ExtAuthz, start_extauthz
-from callwarden.operator.configmaps import (
+from callwarden.kube.bundles import (
     BUNDLE_SELECTOR,
     ServerBundle,
     Shard,
@@ -43,7 +43,7 @@ from callwarden.operator.configmaps import (
     merge_objects,
     read_shard,
 )
-from callwarden.operator.kubeclient import Kube, describe_error
+from callwarden.kube.client import Kube, describe_error
 from callwarden.policy.bundle import Bundle, BundleError, compile_bundle
 from callwarden.policy.loader import ConfigError, config_from_objects
 from callwarden.policy.remote import RemotePdpFactory
@@ -346,7 +346,7 @@ def start_kubernetes_extauthz(
     empty configuration when the API server could have told it the real one. gRPC health and
     /readyz also say whether a bundle was loaded from the API (`BundleWatcher.readiness`).
     """
-    remote_pdps = RemotePdps()
+    remote_pdps = RemotePdps(observer=metrics.PdpMetrics())
     watcher = BundleWatcher(kube, lambda bundle: None, namespace=namespace, remote_pdp=remote_pdps)
     bundle = watcher.load()
     with (

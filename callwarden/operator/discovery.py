@@ -39,7 +39,7 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.types import Implementation, PaginatedRequestParams
 from pydantic import ValidationError
 
-from callwarden.operator.kubeclient import Kube, describe_error
+from callwarden.kube.client import Kube, describe_error
 from callwarden.operator.pinning import (
     CREDENTIAL_FORBIDDEN,
     CREDENTIAL_INVALID,

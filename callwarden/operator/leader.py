@@ -29,7 +29,7 @@ from typing import Any
 
 from kubernetes.client.exceptions import ApiException
 
-from callwarden.operator.kubeclient import Kube, describe_error
+from callwarden.kube.client import Kube, describe_error
 
 log = logging.getLogger(__name__)
 

@@ -19,8 +19,8 @@ from typing import Any
 
 import kopf
 
+from callwarden.kube.client import Kube, configuration, new_api_client
 from callwarden.operator.discovery import Discoverer
-from callwarden.operator.kubeclient import Kube, configuration, new_api_client
 from callwarden.operator.leader import LeaderElector
 from callwarden.operator.mesh import MeshOptions, MeshWiring
 from callwarden.operator.reconcile import Reconciler

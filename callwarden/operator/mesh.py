@@ -34,7 +34,7 @@ from typing import Any, Final
 
 from kubernetes.client.exceptions import ApiException
 
-from callwarden.operator.kubeclient import REQUEST_TIMEOUT, Kube, describe_error
+from callwarden.kube.client import REQUEST_TIMEOUT, Kube, describe_error
 from callwarden.operator.validation import check_server
 from callwarden.policy.model import GROUP_VERSION, McpServer
 

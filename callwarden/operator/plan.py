@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from callwarden.operator.configmaps import (
+from callwarden.kube.bundles import (
     MANAGED_BY_LABEL,
     MANAGER,
     SERVER_KEY_ANNOTATION,

@@ -21,9 +21,9 @@ from typing import Any, Final
 
 from kubernetes.client.exceptions import ApiException
 
-from callwarden.operator.configmaps import BUNDLE_SELECTOR, MANAGED_BY_LABEL, MANAGER, REVISION_ANNOTATION
+from callwarden.kube.bundles import BUNDLE_SELECTOR, MANAGED_BY_LABEL, MANAGER, REVISION_ANNOTATION
+from callwarden.kube.client import Kube, describe_error
 from callwarden.operator.discovery import Discoverer
-from callwarden.operator.kubeclient import Kube, describe_error
 from callwarden.operator.mesh import MeshWiring
 from callwarden.operator.plan import NamespacePlan, StatusUpdate, plan_namespace
 from callwarden.operator.status import EventSpec, timestamp

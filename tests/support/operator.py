@@ -24,8 +24,8 @@ import yaml
 from envoy.service.auth.v3.external_auth_pb2 import CheckRequest
 from kubernetes.client.exceptions import ApiException
 
-from callwarden.operator.configmaps import BUNDLE_SELECTOR
-from callwarden.operator.kubeclient import Kube, new_api_client
+from callwarden.kube.bundles import BUNDLE_SELECTOR
+from callwarden.kube.client import Kube, new_api_client
 from callwarden.policy.model import API_GROUP, API_VERSION, GROUP_VERSION
 from e2e import scenario
 

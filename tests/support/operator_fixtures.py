@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from callwarden.operator.kubeclient import Kube, new_api_client
+from callwarden.kube.client import Kube, new_api_client
 from tests.support.operator import admin_api, install_crds, rbac_kubeconfig
 
 if TYPE_CHECKING:  # imported for real by pytest_plugins, which must come first (assert rewriting)

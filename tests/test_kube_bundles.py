@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from callwarden.operator.configmaps import (
+from callwarden.kube.bundles import (
     DATA_KEY,
     MAX_SHARD_BYTES,
     SHARD_TARGET_BYTES,
