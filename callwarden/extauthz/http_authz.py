@@ -170,7 +170,7 @@ class _Connection(asyncio.Protocol):
 
 def _new_loop() -> asyncio.AbstractEventLoop:
     try:
-        import uvloop  # noqa: PLC0415 (optional: a faster loop when installed)
+        import uvloop  # noqa: PLC0415 (a dependency everywhere but Windows, which has none)
     except ImportError:
         return asyncio.new_event_loop()
     loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
