@@ -266,31 +266,28 @@ class ObjectMeta(BaseModel):
     resource_version: str | None = Field(default=None, alias="resourceVersion")
 
 
-class McpServer(BaseModel):
+class CustomObject(BaseModel):
+    """What McpServer and ToolPolicy objects share: group/version, metadata, the key."""
+
     model_config = ConfigDict(extra="ignore", frozen=True)
 
     api_version: Literal["callwarden.io/v1alpha1"] = Field(alias="apiVersion")
-    kind: Literal["McpServer"]
     metadata: ObjectMeta
+
+    @property
+    def key(self) -> str:
+        """`namespace/name`, the object's identity everywhere in callwarden."""
+        return f"{self.metadata.namespace}/{self.metadata.name}"
+
+
+class McpServer(CustomObject):
+    kind: Literal["McpServer"]
     spec: McpServerSpec
 
-    @property
-    def key(self) -> str:
-        """`namespace/name`, the server's identity everywhere in callwarden."""
-        return f"{self.metadata.namespace}/{self.metadata.name}"
 
-
-class ToolPolicy(BaseModel):
-    model_config = ConfigDict(extra="ignore", frozen=True)
-
-    api_version: Literal["callwarden.io/v1alpha1"] = Field(alias="apiVersion")
+class ToolPolicy(CustomObject):
     kind: Literal["ToolPolicy"]
-    metadata: ObjectMeta
     spec: ToolPolicySpec
-
-    @property
-    def key(self) -> str:
-        return f"{self.metadata.namespace}/{self.metadata.name}"
 
     def targets_server(self, server: McpServer) -> bool:
         if server.metadata.namespace != self.metadata.namespace:
