@@ -157,6 +157,13 @@ def test_a_smuggled_tools_call_is_logged_as_the_denied_tools_call(datapath: Data
     assert [call["method"] for call in line["calls"]] == ["ping", "tools/call", "ping"]
 
 
+def test_a_batch_line_attributes_each_authzen_request_to_its_call(datapath: DataPath) -> None:
+    response = datapath.post("finance", _smuggling_batch(), token=datapath.token("finance"))
+    line = datapath.decision_of(response)
+    assert [call["request_count"] for call in line["calls"]] == [0, 1, 0]
+    assert [request["resource"]["type"] for request in line["requests"]] == ["financials"]
+
+
 def test_a_denied_batch_never_reaches_the_server(datapath: DataPath) -> None:
     before = datapath.executed("finance")
     batch = b"[" + ALLOWED.replace(b'"id": 1', b'"id": 9') + b"," + _smuggling_batch()[1:]
