@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from callwarden.extauthz import metrics
 from callwarden.extauthz.token import (
     MAX_JWKS_KEYS,
     JwksInvalid,
@@ -205,6 +206,20 @@ def test_issuer_down_at_start_fails_closed_then_recovers(
     issuer.start()
     monotonic.advance(MIN_REFETCH)
     assert validator.validate(bearer(issuer.mint()))["sub"] == "alice"
+
+
+def test_jwks_fetches_are_counted_by_outcome(
+    issuer: LocalIssuer, validator: TokenValidator, monotonic: ManualClock
+) -> None:
+    failed, succeeded = (metrics.JWKS_FETCHES.labels(outcome=o) for o in ("error", "ok"))
+    failed_before, succeeded_before = failed._value.get(), succeeded._value.get()
+    issuer.stop()
+    with pytest.raises(JwksUnavailable):
+        validator.validate(bearer(issuer.mint()))
+    issuer.start()
+    monotonic.advance(MIN_REFETCH)
+    validator.validate(bearer(issuer.mint()))
+    assert (failed._value.get(), succeeded._value.get()) == (failed_before + 1, succeeded_before + 1)
 
 
 def test_stale_keys_serve_during_an_outage_until_stale_for(

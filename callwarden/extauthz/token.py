@@ -45,6 +45,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
+from callwarden.extauthz import metrics
 from callwarden.policy import strictjson
 from callwarden.policy.model import McpServer
 
@@ -516,12 +517,14 @@ class JwksStore:
         except Exception as error:  # any failure, even an unexpected one, keeps the old keys
             message = f"{type(error).__name__}: {error}"
             log.warning("fetching JWKS %s failed: %s", key_set.uri, message)
+            metrics.JWKS_FETCHES.labels(outcome="error").inc()
             with key_set.lock:
                 key_set.failures += 1
                 key_set.last_error = message
         else:
             for note in dropped:
                 log.warning("JWKS %s: ignored %s", key_set.uri, note)
+            metrics.JWKS_FETCHES.labels(outcome="ok").inc()
             with key_set.lock:
                 fetched_at = self.clock()
                 key_set.install(keys, fetched_at + self.refresh_interval)
