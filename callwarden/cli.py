@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from callwarden.extauthz.jsonrpc import BodyRejected, parse_body
 from callwarden.policy.bundle import Bundle, BundleError, CompiledServer, compile_bundle
-from callwarden.policy.decide import JsonRpcError, Verdict, decide
+from callwarden.policy.decide import JsonRpcError, decide_messages, deciding_reasons
 from callwarden.policy.loader import ConfigError, load_config
 from callwarden.policy.remote import RemotePdpFactory
 
@@ -75,16 +75,10 @@ def check_request(server: CompiledServer, claims: dict[str, Any], raw: bytes) ->
     except BodyRejected as rejected:
         error = JsonRpcError(rejected.code, str(rejected))
         return _report(False, error, (f"body:{rejected.reason}",), ())
-    # Responses (no method) carry nothing to authorize; positional params are denied by `decide`.
-    verdicts: list[Verdict] = [
-        decide(server, message.method, message.params, claims)
-        for message in body.messages
-        if message.method is not None
-    ]
+    verdicts = decide_messages(server, body.messages, claims)
     denied = [v for v in verdicts if not v.allowed]
-    reasons = tuple(dict.fromkeys(r for v in (denied or verdicts) for r in v.reasons))
     requests = tuple(r for v in verdicts for r in v.requests)
-    return _report(not denied, denied[0].error if denied else None, reasons, requests)
+    return _report(not denied, denied[0].error if denied else None, deciding_reasons(verdicts), requests)
 
 
 def _report(

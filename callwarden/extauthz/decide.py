@@ -28,7 +28,7 @@ from callwarden.extauthz.jsonrpc import BodyRejected, JsonRpcMessage, parse_body
 from callwarden.extauthz.responses import CHECKER_FAILED_BODY, allow_response, deny_response
 from callwarden.extauthz.token import JwksStore, TokenRejected, TokenValidator, www_authenticate
 from callwarden.policy.bundle import Bundle, CompiledServer
-from callwarden.policy.decide import DENIED, JsonRpcError, Verdict, decide
+from callwarden.policy.decide import DENIED, JsonRpcError, Verdict, decide_messages, deciding_reasons
 
 log = logging.getLogger(__name__)
 
@@ -187,18 +187,16 @@ class Enforcer:
             body = parse_body(http.body, max_bytes=server.server.spec.max_request_bytes)
         except BodyRejected as rejected:
             return _body_denial(server, status, rejected.reason, rejected.message, rejected.code)
-        verdicts = [_verdict(server, message, claims) for message in body.messages]
+        verdicts = decide_messages(server, body.messages, claims)
         denied = [v for v in verdicts if not v.allowed]
         outcome = _Outcome(not denied, 200, server=server.key, http_method="POST", verdicts=verdicts)
+        outcome.reasons = deciding_reasons(verdicts)
         if denied:
             outcome.status = status
             outcome.code = denied[0].code
             outcome.message = denied[0].error.message if denied[0].error else "denied"
-            outcome.reasons = tuple(dict.fromkeys(r for v in denied for r in v.reasons))
             outcome.body = _error_body(body.messages, verdicts, body.is_batch)
             outcome.headers = dict(JSON_CONTENT_TYPE)
-        else:
-            outcome.reasons = tuple(dict.fromkeys(r for v in verdicts for r in v.reasons))
         return outcome
 
     # -- the log line -----------------------------------------------------------------
@@ -253,13 +251,6 @@ def _call_line(verdict: Verdict) -> dict[str, Any]:
         "reasons": list(verdict.reasons),
         "request_count": len(verdict.requests),
     }
-
-
-def _verdict(server: CompiledServer, message: JsonRpcMessage, claims: Mapping[str, Any]) -> Verdict:
-    if message.kind == "response":  # a client's answer to a server request: nothing to authorize
-        return Verdict(True, "response", None, None, ("response",))
-    assert message.method is not None
-    return decide(server, message.method, message.params, claims)
 
 
 def _error_body(messages: Sequence[JsonRpcMessage], verdicts: Sequence[Verdict], is_batch: bool) -> bytes:

@@ -6,9 +6,9 @@ path, so a policy tested offline is decided the same way in the mesh.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 from callwarden.policy.bundle import CompiledServer
 from callwarden.policy.mapping import (
@@ -102,3 +102,35 @@ def _tool_of(method: str, params: Mapping[str, Any] | None) -> str | None:
         return None
     name = params.get("name")
     return name if isinstance(name, str) else None
+
+
+class Message(Protocol):
+    """One JSON-RPC message of a strictly parsed body: `method` is None for a response."""
+
+    @property
+    def method(self) -> str | None: ...
+
+    @property
+    def params(self) -> Mapping[str, Any] | list[Any] | None: ...
+
+
+def decide_messages(
+    server: CompiledServer, messages: Sequence[Message], claims: Mapping[str, Any]
+) -> list[Verdict]:
+    """One verdict per message of a body; the body is allowed only if every verdict is.
+
+    The data path and `callwarden check` both decide bodies through this. A response (the
+    client answering a server's request) carries nothing to authorize.
+    """
+    return [
+        Verdict(True, "response", None, None, ("response",))
+        if message.method is None
+        else decide(server, message.method, message.params, claims)
+        for message in messages
+    ]
+
+
+def deciding_reasons(verdicts: Sequence[Verdict]) -> tuple[str, ...]:
+    """The reasons a body was decided by: those of its denied messages, else of all of them."""
+    denied = [v for v in verdicts if not v.allowed]
+    return tuple(dict.fromkeys(r for v in (denied or verdicts) for r in v.reasons))
