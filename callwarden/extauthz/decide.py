@@ -25,10 +25,19 @@ from envoy.service.auth.v3.external_auth_pb2 import CheckRequest, CheckResponse
 from callwarden.extauthz import metrics
 from callwarden.extauthz.audit import DecisionLog, new_decision_id
 from callwarden.extauthz.jsonrpc import BodyRejected, JsonRpcMessage, parse_body
+from callwarden.extauthz.mission import MissionBook, presented_mission
 from callwarden.extauthz.responses import CHECKER_FAILED_BODY, allow_response, deny_response
 from callwarden.extauthz.token import JwksStore, TokenRejected, TokenValidator, www_authenticate
 from callwarden.policy.bundle import Bundle, CompiledServer
-from callwarden.policy.decide import DENIED, JsonRpcError, Verdict, decide_messages, deciding_reasons
+from callwarden.policy.decide import (
+    DENIED,
+    JsonRpcError,
+    Verdict,
+    decide_messages,
+    deciding_reasons,
+    tool_of,
+)
+from callwarden.policy.mission import ActiveMission, MissionRejected
 
 log = logging.getLogger(__name__)
 
@@ -104,14 +113,19 @@ class _Outcome:
     verdicts: list[Verdict] = field(default_factory=list)
     body: bytes = b""
     headers: dict[str, str] = field(default_factory=dict)
+    mission: dict[str, str] | None = None  # the mission presented (id, reference), bound or not
 
 
 class Enforcer:
     """The ext_authz `Checker`: decides every request by the current enforcement state."""
 
-    def __init__(self, state: EnforcementState, decision_log: DecisionLog) -> None:
+    def __init__(
+        self, state: EnforcementState, decision_log: DecisionLog, missions: MissionBook | None = None
+    ) -> None:
         self._state = state
         self._log = decision_log
+        # Without a store no mission is known: a presented mission is denied, never ignored.
+        self.missions = missions if missions is not None else MissionBook()
 
     @property
     def state(self) -> EnforcementState:
@@ -170,11 +184,42 @@ class Enforcer:
             claims = validator.validate(headers.get("authorization"))
         except TokenRejected as rejected:
             return _unauthenticated(server, rejected, method)
+        presented: tuple[str, str] | None = None
+        mission: ActiveMission | MissionRejected | None = None
+        try:
+            presented = presented_mission(headers, claims)
+            if presented is not None:
+                mission = self.missions.bind(server, presented, claims)
+        except MissionRejected as rejected:
+            mission = rejected
+        outcome = self._after_token(server, http, claims, method, mission)
+        if presented is not None:
+            outcome.mission = {"id": presented[0], "reference": presented[1]}
+        return outcome
+
+    def _after_token(
+        self,
+        server: CompiledServer,
+        http: RequestView,
+        claims: Mapping[str, Any],
+        method: str,
+        mission: ActiveMission | MissionRejected | None,
+    ) -> _Outcome:
+        if isinstance(mission, MissionRejected) and method != "POST":
+            outcome = _http_denial(403, str(mission), mission.reason, method)
+            outcome.server = server.key
+            return outcome
         if method != "POST":  # SSE stream (GET) and session end (DELETE) need Layer 1 only
             return _Outcome(True, 200, reasons=("authenticated",), server=server.key, http_method=method)
-        return self._decide_body(server, http, claims)
+        return self._decide_body(server, http, claims, mission)
 
-    def _decide_body(self, server: CompiledServer, http: RequestView, claims: Mapping[str, Any]) -> _Outcome:
+    def _decide_body(
+        self,
+        server: CompiledServer,
+        http: RequestView,
+        claims: Mapping[str, Any],
+        mission: ActiveMission | MissionRejected | None = None,
+    ) -> _Outcome:
         headers = http.headers
         status = server.server.spec.deny_http_status
         encoding = headers.get("content-encoding", "identity").strip().lower()
@@ -187,7 +232,12 @@ class Enforcer:
             body = parse_body(http.body, max_bytes=server.server.spec.max_request_bytes)
         except BodyRejected as rejected:
             return _body_denial(server, status, rejected.reason, rejected.message, rejected.code)
-        verdicts = decide_messages(server, body.messages, claims)
+        if isinstance(mission, MissionRejected):
+            verdicts = mission_denials(body.messages, mission)
+        else:
+            verdicts = decide_messages(server, body.messages, claims, mission)
+            if mission is not None:
+                self.missions.propose_expansions(mission, verdicts)
         denied = [v for v in verdicts if not v.allowed]
         outcome = _Outcome(not denied, 200, server=server.key, http_method="POST", verdicts=verdicts)
         outcome.reasons = deciding_reasons(verdicts)
@@ -207,24 +257,25 @@ class Enforcer:
         metrics.DECISIONS.labels(server=outcome.server or "", decision=decision, code=str(code)).inc()
         metrics.CHECK_LATENCY.observe(latency)
         headline = _headline(outcome.verdicts)
-        self._log.record(
-            {
-                "time": datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z"),
-                "decision_id": decision_id,
-                "server": outcome.server,
-                "http_method": outcome.http_method,
-                "calls": [_call_line(v) for v in outcome.verdicts],
-                "method": headline.method if headline else None,
-                "tool": headline.tool if headline else None,
-                "requests": [r for v in outcome.verdicts for r in v.requests],
-                "decision": decision,
-                "code": code,
-                "reasons": list(outcome.reasons),
-                "message": outcome.message,
-                "revision": revision,
-                "latency_ms": round(latency * 1000, 3),
-            }
-        )
+        line: dict[str, Any] = {
+            "time": datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z"),
+            "decision_id": decision_id,
+            "server": outcome.server,
+            "http_method": outcome.http_method,
+            "calls": [_call_line(v) for v in outcome.verdicts],
+            "method": headline.method if headline else None,
+            "tool": headline.tool if headline else None,
+            "requests": [r for v in outcome.verdicts for r in v.requests],
+            "decision": decision,
+            "code": code,
+            "reasons": list(outcome.reasons),
+            "message": outcome.message,
+            "revision": revision,
+            "latency_ms": round(latency * 1000, 3),
+        }
+        if outcome.mission is not None:  # only when present: plain calls log what they always did
+            line["mission"] = outcome.mission
+        self._log.record(line)
 
 
 def _headline(verdicts: Sequence[Verdict]) -> Verdict | None:
@@ -251,6 +302,23 @@ def _call_line(verdict: Verdict) -> dict[str, Any]:
         "reasons": list(verdict.reasons),
         "request_count": len(verdict.requests),
     }
+
+
+def mission_denials(messages: Sequence[JsonRpcMessage], rejected: MissionRejected) -> list[Verdict]:
+    """Every message of a body that presented a mission it cannot use is denied, with the reason:
+    the agent believes it acts under that mission, so nothing in the body runs without it."""
+    error = JsonRpcError(DENIED, f"Mission rejected: {rejected}")
+    return [
+        Verdict(
+            False,
+            method,
+            tool_of(method, message.params if isinstance(message.params, dict) else None),
+            error,
+            (rejected.reason,),
+        )
+        for message in messages
+        for method in (message.method or "response",)
+    ]
 
 
 def _error_body(messages: Sequence[JsonRpcMessage], verdicts: Sequence[Verdict], is_batch: bool) -> bytes:

@@ -17,6 +17,8 @@ from callwarden.policy.mapping import (
     PassThrough,
     UnknownMethod,
 )
+from callwarden.policy.mission import ActiveMission, decide_in_mission
+from callwarden.policy.pdp import EmbeddedPdp
 from callwarden.policy.remote import PdpUnavailable
 
 # JSON-RPC codes of the COAZ MCP binding (standards.md §2.7).
@@ -54,16 +56,19 @@ def decide(
     method: str,
     params: Mapping[str, Any] | list[Any] | None,
     claims: Mapping[str, Any],
+    mission: ActiveMission | None = None,
 ) -> Verdict:
     """Decide one JSON-RPC request or notification. Never raises: every failure denies.
 
     `params` as the message carries them: positional params (a list) are denied here, because no
     mapping can read them and deciding the call as if it had none would authorize something else.
+    `mission`, bound by the PEP, goes to every PDP as `context.mission`; the embedded PDP's
+    decision is then made within it (`policy.mission.decide_in_mission`).
     """
     if isinstance(params, list):
         error = JsonRpcError(DENIED, f"method {method!r}: params must be an object")
         return Verdict(False, method, None, error, ("positional-params",))
-    result = server.mapping.map(method, params, claims)
+    result = server.mapping.map(method, params, claims, None if mission is None else mission.context())
     if isinstance(result, PassThrough):
         return Verdict(True, method, None, None, ("pass-through",))
     if isinstance(result, UnknownMethod):
@@ -71,13 +76,20 @@ def decide(
         return Verdict(False, method, None, JsonRpcError(DENIED, message), ("unknown-method",))
     if isinstance(result, MappingFailure):
         error = JsonRpcError(MAPPING_ERROR, result.message)
-        return Verdict(False, method, _tool_of(method, params), error, ())
-    return _decide_requests(server, method, result)
+        return Verdict(False, method, tool_of(method, params), error, ())
+    return _decide_requests(server, method, result, mission)
 
 
-def _decide_requests(server: CompiledServer, method: str, result: AuthorizationRequests) -> Verdict:
+def _decide_requests(
+    server: CompiledServer, method: str, result: AuthorizationRequests, mission: ActiveMission | None
+) -> Verdict:
     try:
         decisions = server.pdp.evaluate_mapped(result.requests)
+        if mission is not None and isinstance(server.pdp, EmbeddedPdp):
+            # A remote PDP decides with context.mission itself; the embedded one knows the scope.
+            decisions = [
+                decide_in_mission(d, r, mission) for d, r in zip(decisions, result.requests, strict=True)
+            ]
     except Exception as error:  # a PDP that cannot answer denies, whatever went wrong
         # PdpUnavailable says why in words safe to show; anything else is named by its type only.
         why = str(error) if isinstance(error, PdpUnavailable) else type(error).__name__
@@ -97,7 +109,7 @@ def _decide_requests(server: CompiledServer, method: str, result: AuthorizationR
     return Verdict(False, method, result.tool, denial, reasons, result.requests, first.requestable)
 
 
-def _tool_of(method: str, params: Mapping[str, Any] | None) -> str | None:
+def tool_of(method: str, params: Mapping[str, Any] | None) -> str | None:
     if method != "tools/call" or not isinstance(params, Mapping):
         return None
     name = params.get("name")
@@ -115,7 +127,10 @@ class Message(Protocol):
 
 
 def decide_messages(
-    server: CompiledServer, messages: Sequence[Message], claims: Mapping[str, Any]
+    server: CompiledServer,
+    messages: Sequence[Message],
+    claims: Mapping[str, Any],
+    mission: ActiveMission | None = None,
 ) -> list[Verdict]:
     """One verdict per message of a body; the body is allowed only if every verdict is.
 
@@ -125,7 +140,7 @@ def decide_messages(
     return [
         Verdict(True, "response", None, None, ("response",))
         if message.method is None
-        else decide(server, message.method, message.params, claims)
+        else decide(server, message.method, message.params, claims, mission)
         for message in messages
     ]
 

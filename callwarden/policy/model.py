@@ -1,4 +1,4 @@
-"""The `McpServer` and `ToolPolicy` specs: the single source of the CRD schemas.
+"""The `McpServer`, `ToolPolicy` and `Mission` specs: the single source of the CRD schemas.
 
 These models validate configuration (CRD objects or the same YAML on disk) once, at load
 time. The hot path never touches pydantic: `policy.bundle` compiles validated specs into
@@ -249,6 +249,92 @@ class ToolPolicySpec(Spec):
         return rules
 
 
+# --- Mission -----------------------------------------------------------------------------
+
+# `sha256:` + unpadded base64url of a SHA-256 digest: how a Mission is referenced (policy.mission).
+MISSION_REFERENCE = r"^sha256:[A-Za-z0-9_-]{43}$"
+MissionReference = Annotated[str, StringConstraints(pattern=MISSION_REFERENCE)]
+# RFC 3339 in UTC with a `Z`, seconds precision: one spelling per instant, so the reference (a hash
+# of the spec's text) cannot change under a reformatting of the same expiry.
+UTC_TIMESTAMP = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z$"
+UtcTimestamp = Annotated[str, StringConstraints(pattern=UTC_TIMESTAMP)]
+# Text a person reads before approving: no control, format (bidi overrides, zero-width) or
+# separator characters besides the plain space, which could make it say something it does not.
+_UNREADABLE = re.compile(
+    r"[\x00-\x1f\x7f-\x9f\u00ad\u061c\u180e\u200b-\u200f\u2028-\u202e\u2060-\u206f\ufeff\ufff9-\ufffb]"
+)
+MissionPhase = Literal["Proposed", "Approved", "Denied", "Expired", "Revoked"]
+
+
+def readable_text(value: str) -> str:
+    """`value` if a person can read it as it will be shown, else ValueError naming the character."""
+    found = _UNREADABLE.search(value)
+    if found is not None:
+        raise ValueError(f"contains the invisible or control character U+{ord(found.group()):04X}")
+    return value
+
+
+class MissionAgent(Spec):
+    """An agent that may act under the mission: the token's agent claim, and optionally the exact
+    RFC 8693 actor chain (the `sub` of each `act`, the current actor first)."""
+
+    client_id: Annotated[str, StringConstraints(min_length=1, max_length=256)]
+    actors: list[Annotated[str, StringConstraints(min_length=1, max_length=256)]] | None = Field(
+        default=None, max_length=16, description="When set, the token's actor chain must be exactly this."
+    )
+
+    @field_validator("client_id")
+    @classmethod
+    def _readable(cls, value: str) -> str:
+        return readable_text(value)
+
+
+class Grant(Spec):
+    """What the mission covers: calls of these tools on these McpServers of its namespace, when
+    `when` (CEL over subject, action, resource, context) is true."""
+
+    servers: list[TargetName] = Field(min_length=1, max_length=64, description="McpServer names, or *.")
+    tools: list[Glob] = Field(min_length=1, max_length=256, description="Globs over tool names.")
+    when: CelSource | None = Field(default=None, description="CEL condition; absent means always.")
+
+
+class MissionSpec(Spec):
+    """What a person approves: one task, for one user, by named agents, until an expiry."""
+
+    purpose: Annotated[str, StringConstraints(min_length=1, max_length=512)] = Field(
+        description="What the task is for, as the approver reads it."
+    )
+    subject: Annotated[str, StringConstraints(min_length=1, max_length=256)] = Field(
+        description="The user the agents act for: the token's subject (its subject claim)."
+    )
+    agents: list[MissionAgent] = Field(min_length=1, max_length=64)
+    expires: UtcTimestamp = Field(description="RFC 3339 UTC instant (e.g. 2026-12-03T18:00:00Z).")
+    scope: list[Grant] = Field(min_length=1, max_length=256)
+    parent: MissionReference | None = Field(
+        default=None, description="The reference of the approved mission this one expands."
+    )
+
+    @field_validator("purpose", "subject")
+    @classmethod
+    def _readable(cls, value: str) -> str:
+        return readable_text(value)
+
+
+class MissionStatus(BaseModel):
+    """Written by approvers (`callwarden missions approve`), never by the proposer."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore", frozen=True)
+
+    phase: MissionPhase = "Proposed"
+    reference: MissionReference | None = Field(
+        default=None, description="The spec's reference when it was approved, denied or revoked."
+    )
+    approver: str | None = None
+    time: UtcTimestamp | None = Field(default=None, description="When the phase last changed.")
+    message: str | None = None
+    calls: int | None = None
+
+
 # --- Objects -----------------------------------------------------------------------------
 
 
@@ -299,3 +385,9 @@ def resource_metadata_url(resource: str) -> str:
         raise ValueError(f"not an absolute http(s) URL: {resource!r}")
     origin, path = match.group(1), (match.group(2) or "").rstrip("/")
     return f"{origin}/.well-known/oauth-protected-resource{path}"
+
+
+class Mission(CustomObject):
+    kind: Literal["Mission"]
+    spec: MissionSpec
+    status: MissionStatus = Field(default_factory=MissionStatus)

@@ -38,13 +38,16 @@ from callwarden.policy.model import Effect, ToolPolicy
 from callwarden.policy.pip import InformationSource, enrich
 
 __all__ = [
+    "NO_RULE_ALLOWS",
     "RULE_VARIABLES",
     "AuthzenRequestError",
     "Decision",
     "EmbeddedPdp",
     "PolicyCompileError",
+    "activation_of",
     "check_policy",
     "compile_pdp",
+    "condition_outcome",
 ]
 
 RULE_VARIABLES: Final = ("subject", "action", "resource", "context")
@@ -223,7 +226,7 @@ class EmbeddedPdp:
         except _Malformed as error:
             return Decision(False, (), f"malformed request: {error}")
         if not candidates:
-            return _NO_RULE_ALLOWS
+            return NO_RULE_ALLOWS
         activation: Activation | None = None  # checked once, shared by the request's conditions
         denying: list[str] = []  # Deny rules that applied and rules that failed, in order
         denied_by: list[str] = []
@@ -235,8 +238,8 @@ class EmbeddedPdp:
                 if activation is None:
                     known = request if self.information is None else enrich(request, self.information)
                     conditions = sum(candidate.when is not None for candidate in candidates)
-                    activation = prepare(_activation(known), shared=conditions > 1)
-                outcome = _condition(rule.when, activation)
+                    activation = prepare(activation_of(known), shared=conditions > 1)
+                outcome = condition_outcome(rule.when, activation)
                 if outcome is False:
                     continue
                 if outcome is not True:
@@ -258,7 +261,7 @@ class EmbeddedPdp:
             return Decision(False, tuple(approving), f"{_rules(approving)} {verb} approval", requestable=True)
         if allowing:
             return _allowed_by(tuple(allowing))
-        return _NO_RULE_ALLOWS
+        return NO_RULE_ALLOWS
 
     def _candidates(self, request: Mapping[str, Any]) -> Sequence[_CompiledRule]:
         context = request.get("context")
@@ -276,7 +279,7 @@ class EmbeddedPdp:
         return self._tools.candidates(tool)
 
 
-_NO_RULE_ALLOWS: Final = Decision(False, (), "no rule allows this request")
+NO_RULE_ALLOWS: Final = Decision(False, (), "no rule allows this request")
 
 
 @functools.lru_cache(maxsize=4096)
@@ -290,7 +293,7 @@ def _answer(decision: Decision, explain: bool) -> dict[str, Any]:
     return decision.to_authzen() if explain else {"decision": decision.allowed}
 
 
-def _activation(request: Mapping[str, Any]) -> dict[str, Any]:
+def activation_of(request: Mapping[str, Any]) -> dict[str, Any]:
     """The CEL variables. Absent optional members are empty maps, so `has(subject.properties.x)`
     and `subject.?properties.x` work on requests that carry no properties or no context."""
     return {
@@ -305,7 +308,7 @@ def _with_properties(entity: dict[str, Any]) -> dict[str, Any]:
     return entity if "properties" in entity else {**entity, "properties": _EMPTY}
 
 
-def _condition(when: Program, activation: Activation) -> bool | str:
+def condition_outcome(when: Program, activation: Activation) -> bool | str:
     """The condition's value, or (a str) why it failed: a failure denies."""
     try:
         result = when.evaluate_prepared(activation)

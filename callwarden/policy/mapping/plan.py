@@ -29,17 +29,23 @@ def _check_properties(where: str, entity: dict[str, Any]) -> None:
 
 
 class PepContext:
-    """The context members the PEP owns (contracts: `mcp`, `agent`, `actors`), for one call."""
+    """The context members the PEP owns (contracts: `mcp`, `agent`, `actors`, `mission`), for one call."""
 
-    __slots__ = ("actors", "agent", "agent_claim", "mcp")
+    __slots__ = ("actors", "agent", "agent_claim", "mcp", "mission")
 
     def __init__(
-        self, mcp: dict[str, str], agent: Any, agent_claim: str, actors: list[dict[str, str]] | None
+        self,
+        mcp: dict[str, str],
+        agent: Any,
+        agent_claim: str,
+        actors: list[dict[str, str]] | None,
+        mission: dict[str, str] | None = None,
     ):
         self.mcp = mcp
         self.agent = agent  # ABSENT when the token does not name an agent
         self.agent_claim = agent_claim
         self.actors = actors
+        self.mission = mission  # the bound mission's id, reference and purpose (policy.mission)
 
 
 class Entity:
@@ -156,6 +162,8 @@ class Context:
         context["mcp"] = pep.mcp
         if pep.actors is not None:
             context["actors"] = pep.actors
+        if pep.mission is not None:
+            context["mission"] = pep.mission
         return context
 
 

@@ -52,17 +52,30 @@ class ServerMapping:
         self._tools = tools
         self.errors = errors
 
-    def map(self, method: str, params: Mapping[str, Any] | None, claims: Mapping[str, Any]) -> MappingResult:
+    def map(
+        self,
+        method: str,
+        params: Mapping[str, Any] | None,
+        claims: Mapping[str, Any],
+        mission: dict[str, str] | None = None,
+    ) -> MappingResult:
         """The AuthZEN request(s) for one JSON-RPC request. Never raises: bad input of any kind
-        becomes a MappingFailure (JSON-RPC -32602), so the call fails closed."""
+        becomes a MappingFailure (JSON-RPC -32602), so the call fails closed. `mission` (checked
+        by the PEP) becomes `context.mission`."""
         try:
-            return self._map(method, params, claims)
+            return self._map(method, params, claims, mission)
         except MappingFault as fault:
             return MappingFailure(f"COAZ mapping error: {fault.message}")
         except Exception as error:  # map() must never raise on the hot path: fail closed, say why
             return MappingFailure(f"COAZ mapping error: internal error ({type(error).__name__})")
 
-    def _map(self, method: str, params: Mapping[str, Any] | None, claims: Mapping[str, Any]) -> MappingResult:
+    def _map(
+        self,
+        method: str,
+        params: Mapping[str, Any] | None,
+        claims: Mapping[str, Any],
+        mission: dict[str, str] | None,
+    ) -> MappingResult:
         if type(method) is not str:
             return UnknownMethod(shorten(repr(method), 128))
         if method in PASS_THROUGH_METHODS or method.startswith("notifications/"):
@@ -97,12 +110,19 @@ class ServerMapping:
             raise MappingFault(f"{label}: its mapping was rejected when the configuration loaded: {plan}")
         token = claims if type(claims) is dict else dict(claims)
         try:
-            return self._run(plan, method, tool, params, token)
+            return self._run(plan, method, tool, params, token, mission=mission)
         except MappingFault as fault:
             raise MappingFault(f"{label}: {fault.message}") from None
 
     def _run(
-        self, plan: Plan, method: str, tool: str | None, params: dict[str, Any], token: dict[str, Any]
+        self,
+        plan: Plan,
+        method: str,
+        tool: str | None,
+        params: dict[str, Any],
+        token: dict[str, Any],
+        *,
+        mission: dict[str, str] | None,
     ) -> AuthorizationRequests:
         anchor = token.get(self._subject_claim, ABSENT)
         if type(anchor) is not str:
@@ -113,7 +133,8 @@ class ServerMapping:
         mcp = {"server": self._server, "method": method}
         if tool is not None:
             mcp["tool"] = tool
-        pep = PepContext(mcp, token.get(self._agent_claim, ABSENT), self._agent_claim, actor_chain(token))
+        agent = token.get(self._agent_claim, ABSENT)
+        pep = PepContext(mcp, agent, self._agent_claim, actor_chain(token), mission)
         wire, requests = plan.run(CallInputs(token, params), anchor, self._subject_claim, pep)
         return AuthorizationRequests(wire, requests, tool)
 
