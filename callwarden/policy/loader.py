@@ -40,7 +40,7 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from yaml.reader import ReaderError
 from yaml.resolver import Resolver
 
-from callwarden.policy.model import GROUP_VERSION, McpServer, ToolPolicy
+from callwarden.policy.model import GROUP_VERSION, McpServer, Mission, ToolPolicy
 
 MAX_FILE_BYTES: Final = 4 * 1024 * 1024
 MAX_DEPTH: Final = 64  # the data path's JSON-RPC depth bound; configuration needs ~12
@@ -114,6 +114,44 @@ def config_from_objects(objects: Sequence[Mapping[str, Any]]) -> Config:
     for index, data in enumerate(objects, start=1):
         collector.add_object(data, "<objects>", index)
     return collector.config()
+
+
+def load_missions(paths: Sequence[str | Path]) -> list[Mission]:
+    """Mission objects from files, read as strictly as configuration; raises ConfigError.
+
+    Only `spec` and metadata are taken from a file: a status (an approval) is never proposed.
+    """
+    collector = _Collector()
+    missions: list[Mission] = []
+    for file in _config_files(paths, collector):
+        for document, data in _read_documents(file, collector):
+            mission = _mission(data, str(file), document, collector)
+            if mission is not None:
+                missions.append(mission)
+    if collector.problems:
+        raise ConfigError(collector.problems)
+    return missions
+
+
+def _mission(data: object, file: str, document: int, collector: _Collector) -> Mission | None:
+    if (
+        not isinstance(data, Mapping)
+        or data.get("kind") != "Mission"
+        or data.get("apiVersion") != GROUP_VERSION
+    ):
+        collector.problem(file, document, "", f"expected a {GROUP_VERSION} Mission object")
+        return None
+    if "status" in data:
+        collector.problem(
+            file, document, "status", "a proposal carries no status (approving is a separate step)"
+        )
+        return None
+    try:
+        return Mission.model_validate(dict(data), strict=True, by_alias=True, by_name=False)
+    except ValidationError as error:
+        for detail in error.errors():
+            collector.problem(file, document, _path(detail["loc"]), _message(detail))
+        return None
 
 
 # --- Collecting objects ----------------------------------------------------------------------

@@ -46,7 +46,14 @@ import orjson
 import rfc8785
 
 from callwarden.policy.cel import CelCompileError, Program, compile_expression, prepare
-from callwarden.policy.model import Grant, Mission, MissionSpec
+from callwarden.policy.model import (
+    Grant,
+    Mission,
+    MissionPhase,
+    MissionSpec,
+    MissionStatus,
+    MissionTransition,
+)
 from callwarden.policy.pdp import NO_RULE_ALLOWS, RULE_VARIABLES, Decision, activation_of, condition_outcome
 
 __all__ = [
@@ -54,11 +61,14 @@ __all__ = [
     "CompiledGrant",
     "MissionIndex",
     "MissionRejected",
+    "MissionTransitionError",
     "child_key",
     "child_spec",
     "decide_in_mission",
+    "effective_phase",
     "mission_reference",
     "parse_timestamp",
+    "transition",
 ]
 
 TOOLS_CALL: Final = "tools/call"
@@ -292,6 +302,55 @@ def _entry(mission: Mission, reference: str) -> _Entry:
         return _Entry(mission, reference, compile_grants(mission), None)
     except CelCompileError as error:
         return _Entry(mission, reference, None, error.message)
+
+
+# --- approving ------------------------------------------------------------------------------
+
+# Which phase each command moves a mission to, and from which phases it may.
+_TRANSITIONS: Final[Mapping[str, tuple[MissionPhase, frozenset[str]]]] = {
+    "approve": ("Approved", frozenset({"Proposed"})),
+    "deny": ("Denied", frozenset({"Proposed"})),
+    "revoke": ("Revoked", frozenset({"Approved"})),
+}
+
+
+class MissionTransitionError(Exception):
+    """The command does not apply to the mission in its current phase."""
+
+
+def effective_phase(mission: Mission, now: datetime) -> MissionPhase | str:
+    """The phase as enforcement sees it: an approval of another spec is `Changed`, an approved
+    mission past its expiry is `Expired`."""
+    status = mission.status
+    if status.phase == "Approved" and status.reference != mission_reference(mission.spec):
+        return "Changed"
+    if status.phase in ("Approved", "Proposed") and now >= parse_timestamp(mission.spec.expires):
+        return "Expired"
+    return status.phase
+
+
+def transition(mission: Mission, command: str, by: str, now: datetime) -> MissionStatus:
+    """The status after `command` (approve, deny, revoke) by `by` at `now`; raises
+    MissionTransitionError when it does not apply. Approving a spec that changed after its
+    approval approves the new spec (its new reference); an expired mission cannot be approved."""
+    target, sources = _TRANSITIONS[command]
+    phase = effective_phase(mission, now)
+    allowed = sources | ({"Changed"} if command in ("approve", "revoke") else set())
+    if phase not in allowed:
+        raise MissionTransitionError(f"mission {mission.key} is {phase}; it cannot be {target.lower()}")
+    reference = mission_reference(mission.spec)
+    time = now.strftime("%Y-%m-%dT%H:%M:%SZ")
+    precise = now.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    step = MissionTransition(phase=target, by=by, time=precise, reference=reference)
+    return mission.status.model_copy(
+        update={
+            "phase": target,
+            "reference": reference,
+            "approver": by,
+            "time": time,
+            "history": [*mission.status.history, step],
+        }
+    )
 
 
 # --- deciding a call under a mission ------------------------------------------------------

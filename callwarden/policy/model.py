@@ -320,6 +320,23 @@ class MissionSpec(Spec):
         return readable_text(value)
 
 
+# When a transition happened, to the microsecond: the audit orders it among decision-log lines.
+PreciseTimestamp = Annotated[
+    str, StringConstraints(pattern=r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,6})?Z$")
+]
+
+
+class MissionTransition(BaseModel):
+    """One change of phase, kept in `status.history` for the audit trail."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore", frozen=True)
+
+    phase: MissionPhase
+    by: str
+    time: PreciseTimestamp
+    reference: MissionReference
+
+
 class MissionStatus(BaseModel):
     """Written by approvers (`callwarden missions approve`), never by the proposer."""
 
@@ -333,6 +350,7 @@ class MissionStatus(BaseModel):
     time: UtcTimestamp | None = Field(default=None, description="When the phase last changed.")
     message: str | None = None
     calls: int | None = None
+    history: list[MissionTransition] = Field(default_factory=list)
 
 
 # --- Objects -----------------------------------------------------------------------------
