@@ -48,7 +48,7 @@ HOSTILE_HEADERS = {
     "leading-space": f" {GOOD}",
     "trailing-newline": f"{GOOD}\n",
     "nul-byte": f"board-packet/q3\x00; ref={REFERENCE}",
-    "cyrillic-lookalike": f"board-pаcket/q3-board-packet; ref={REFERENCE}",
+    "cyrillic-lookalike": f"board-p\u0430cket/q3-board-packet; ref={REFERENCE}",
     "fullwidth-semicolon": f"board-packet/q3-board-packet\uff1b ref={REFERENCE}",
     "zero-width-space": f"board-packet/q3-board\u200b-packet; ref={REFERENCE}",
     "oversized": f"board-packet/{'a' * 600}; ref={REFERENCE}",
@@ -144,7 +144,7 @@ HOSTILE_FILES: dict[str, tuple[str | bytes, str]] = {
         "spec.agents",
     ),
     "tools-wrong-type": (VALID.replace("tools: [create_doc]", "tools: create_doc"), "spec.scope[1].tools"),
-    "glob-unicode-lookalike": (VALID.replace("[create_doc]", "[сreate_doc]"), "spec.scope[1].tools[0]"),
+    "glob-unicode-lookalike": (VALID.replace("[create_doc]", "[\u0441reate_doc]"), "spec.scope[1].tools[0]"),
     "oversized-purpose": (VALID.replace("prepare the Q3", "x" * 600), "spec.purpose"),
     "parent-not-a-reference": (
         VALID.replace("  subject: alice\n", "  subject: alice\n  parent: q3\n"),

@@ -30,6 +30,7 @@ from typing import IO, Any
 from urllib.parse import urlsplit
 
 from callwarden.extauthz.http_endpoints import split_host_port
+from callwarden.extauthz.mission import MISSION_HEADER
 from callwarden.policy.model import McpServer
 
 EXT_AUTHZ_CLUSTER = "callwarden_ext_authz"
@@ -179,7 +180,7 @@ def _exact(*names: str) -> dict[str, Any]:
 def _http_allowed_headers() -> dict[str, Any]:
     """The client headers Envoy copies into the HTTP check request, besides Host, Method, Path,
     Content-Length and Authorization, which it always sends."""
-    request_headers = _exact("content-type", "content-encoding", PARTIAL_BODY_HEADER)
+    request_headers = _exact("content-type", "content-encoding", PARTIAL_BODY_HEADER, MISSION_HEADER)
     # The client-sent x-callwarden-* names must reach the checker, which tells Envoy to strip them.
     request_headers["patterns"].append({"prefix": RESERVED_HEADER_PREFIX})
     return request_headers

@@ -18,6 +18,7 @@ from callwarden.extauthz.audit import DecisionLog
 from callwarden.extauthz.decide import EnforcementState, Enforcer
 from callwarden.extauthz.envoy import EnvoyProcess, render_bootstrap
 from callwarden.extauthz.http_authz import HttpAuthzServer
+from callwarden.extauthz.mission import MissionBook
 from callwarden.extauthz.server import DEFAULT_WORKERS, RunningServer, ServerTls, serve
 from callwarden.extauthz.token import JwksStore
 from callwarden.policy.bundle import Bundle
@@ -78,6 +79,7 @@ def start_extauthz(
     ready_checks: Sequence[ReadyCheck] = (),
     tls: ServerTls | None = None,
     http_authz_listen: str | None = None,
+    missions: MissionBook | None = None,
 ) -> Iterator[ExtAuthz]:
     """Serve Envoy's Check for `bundle` until the block exits; the decision log is flushed then.
 
@@ -86,6 +88,7 @@ def start_extauthz(
     keeps up and every one of `ready_checks` says ready (e.g. a bundle watcher that has synced);
     the first check that fails gives the reason. `tls` serves gRPC over TLS. `http_authz_listen`
     also serves Envoy's HTTP ext_authz there (callwarden.extauthz.http_authz), same decisions.
+    `missions` are the missions requests may bind to (extauthz.mission); none by default.
     """
     with ExitStack() as stack:
         if jwks is None:
@@ -93,7 +96,7 @@ def start_extauthz(
             stack.callback(jwks.close)
         decision_log = DecisionLog(stream=audit_stream, path=audit_path)
         stack.callback(decision_log.close)
-        enforcer = Enforcer(EnforcementState.build(bundle, jwks), decision_log)
+        enforcer = Enforcer(EnforcementState.build(bundle, jwks), decision_log, missions)
         checks = tuple(ready_checks)
         server = serve(
             enforcer,
@@ -132,10 +135,12 @@ def start_gateway(
     audit_stream: IO[str] | None = None,
     jwks: JwksStore | None = None,
     transport: str = "grpc",
+    missions: MissionBook | None = None,
 ) -> Iterator[Gateway]:
     """Envoy on `port` in front of every McpServer's upstream, checking each request here.
 
     `transport` is how Envoy asks: "grpc" (the default) or "http" (Envoy's HTTP ext_authz).
+    `missions` as for `start_extauthz`.
     """
     servers = [compiled.server for compiled in bundle.servers.values()]
     http_authz_listen = "127.0.0.1:0" if transport == "http" else None
@@ -145,6 +150,7 @@ def start_gateway(
         audit_stream=audit_stream,
         jwks=jwks,
         http_authz_listen=http_authz_listen,
+        missions=missions,
     ) as ext_authz:
         address = ext_authz.http_authz_address if transport == "http" else ext_authz.address
         bootstrap = render_bootstrap(
