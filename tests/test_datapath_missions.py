@@ -1,0 +1,174 @@
+"""Missions on the wire, through real Envoy to the real MCP servers: a call names its mission in
+the `callwarden-mission` header (or the token's `mission` claim); every way a mission can fail
+to bind is a specific denial that never reaches the server, and is logged with the mission."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+
+from callwarden.extauthz.mission import MissionBook
+from callwarden.policy.mission import mission_reference
+from callwarden.policy.model import Mission
+from tests.support.datapath import ALLOWED_CALLS, DENIED_CALL, DENY_RULE, DataPath, start_datapath, tools_call
+from tests.support.missions import BOARD_PACKET, approved, make_mission, moved
+
+pytestmark = pytest.mark.integration
+
+KEY = BOARD_PACKET.key
+APPROVED = approved(BOARD_PACKET)
+FINANCE_CALL = tools_call(*ALLOWED_CALLS["finance"])
+
+
+@pytest.fixture(scope="module", name="book")
+def book_fixture() -> MissionBook:
+    return MissionBook()
+
+
+@pytest.fixture(scope="module", name="datapath")
+def datapath_fixture(tmp_path_factory: pytest.TempPathFactory, book: MissionBook) -> Iterator[DataPath]:
+    with start_datapath(tmp_path_factory.mktemp("missions"), missions=book) as running:
+        yield running
+
+
+def header(mission: Mission, reference: str | None = None) -> dict[str, str]:
+    return {"callwarden-mission": f"{mission.key}; ref={reference or mission_reference(mission.spec)}"}
+
+
+def error_of(response: httpx.Response) -> dict[str, Any]:
+    error: dict[str, Any] = response.json()["error"]
+    return error
+
+
+def call(
+    dp: DataPath, mission: Mission, *, server: str = "finance", body: bytes = FINANCE_CALL, **token: Any
+) -> httpx.Response:
+    return dp.post(server, body, token=dp.token(server, **token), headers=header(mission))
+
+
+def test_a_call_bound_to_an_approved_mission_is_allowed_by_it_and_logged_with_it(
+    datapath: DataPath, book: MissionBook
+) -> None:
+    book.update([APPROVED])
+    before = datapath.executed("finance")
+    response = call(datapath, APPROVED)
+    assert response.status_code == 200 and "result" in response.json()
+    line = datapath.decision_of(response)
+    assert line["reasons"] == [f"mission:{KEY}/scope[0]"]
+    assert line["mission"] == {"id": KEY, "reference": mission_reference(BOARD_PACKET.spec)}
+    assert line["requests"][0]["context"]["mission"] == {
+        "id": KEY,
+        "reference": mission_reference(BOARD_PACKET.spec),
+        "purpose": BOARD_PACKET.spec.purpose,
+    }
+    assert datapath.executed("finance") == before + 1
+
+
+def test_a_plain_call_logs_no_mission(datapath: DataPath) -> None:
+    response = datapath.post("finance", FINANCE_CALL, token=datapath.token("finance"))
+    assert "mission" not in datapath.decision_of(response)
+
+
+def test_the_mission_claim_in_the_token_binds_like_the_header(datapath: DataPath, book: MissionBook) -> None:
+    book.update([APPROVED])
+    claim = {"mission": {"id": KEY, "reference": mission_reference(BOARD_PACKET.spec)}}
+    response = datapath.post("finance", FINANCE_CALL, token=datapath.token("finance", extra=claim))
+    assert datapath.decision_of(response)["reasons"] == [f"mission:{KEY}/scope[0]"]
+
+
+EDITED = APPROVED.model_copy(update={"spec": make_mission(purpose="prepare anything for anyone").spec})
+OTHER_NAMESPACE = approved(make_mission(namespace="elsewhere"))
+WIDE = approved(make_mission(name="wide", scope=[{"servers": ["finance"], "tools": ["query_financials"]}]))
+VIOLATIONS: dict[str, tuple[list[Mission], Mission, dict[str, Any], bytes, str]] = {
+    # name: (missions in the store, mission presented, token, body, reason in the log)
+    "not-approved": ([BOARD_PACKET], BOARD_PACKET, {}, FINANCE_CALL, "mission-not-approved"),
+    "denied": ([moved(BOARD_PACKET, "deny")], BOARD_PACKET, {}, FINANCE_CALL, "mission-denied"),
+    "expired": (
+        [approved(make_mission(expires="2026-12-01T00:00:00Z"), now=datetime(2026, 11, 1, tzinfo=UTC))],
+        make_mission(expires="2026-12-01T00:00:00Z"),
+        {},
+        FINANCE_CALL,
+        "mission-expired",
+    ),
+    "revoked": ([moved(APPROVED, "revoke")], APPROVED, {}, FINANCE_CALL, "mission-revoked"),
+    "spec-edited-after-approval": ([EDITED], EDITED, {}, FINANCE_CALL, "mission-changed"),
+    "unknown": ([], APPROVED, {}, FINANCE_CALL, "mission-unknown"),
+    "another-users-mission": ([APPROVED], APPROVED, {"sub": "bob"}, FINANCE_CALL, "mission-subject"),
+    "unnamed-agent": ([APPROVED], APPROVED, {"client_id": "other-agent"}, FINANCE_CALL, "mission-agent"),
+    "other-namespace": ([OTHER_NAMESPACE], OTHER_NAMESPACE, {}, FINANCE_CALL, "mission-namespace"),
+    "deny-overlapping-the-scope": ([WIDE], WIDE, {}, tools_call(*DENIED_CALL), DENY_RULE),
+}
+
+
+@pytest.mark.parametrize(
+    ("missions", "presented", "token", "body", "reason"), list(VIOLATIONS.values()), ids=list(VIOLATIONS)
+)
+def test_a_mission_that_cannot_bind_denies_the_call_before_the_server(
+    datapath: DataPath,
+    book: MissionBook,
+    missions: list[Mission],
+    presented: Mission,
+    token: dict[str, Any],
+    body: bytes,
+    reason: str,
+) -> None:
+    book.update(missions)
+    before = datapath.executed("finance")
+    response = call(datapath, presented, body=body, **token)
+    assert response.status_code == 200 and error_of(response)["code"] == -32001
+    assert response.json()["id"] == 1  # the SDK client matches the error to its request
+    line = datapath.decision_of(response)
+    assert (line["decision"], line["reasons"]) == ("deny", [reason])
+    assert line["mission"]["id"] == presented.key
+    assert datapath.executed("finance") == before
+
+
+def test_a_reference_that_is_not_the_missions_is_denied(datapath: DataPath, book: MissionBook) -> None:
+    book.update([APPROVED])
+    response = datapath.post(
+        "finance",
+        FINANCE_CALL,
+        token=datapath.token("finance"),
+        headers=header(APPROVED, "sha256:" + "A" * 43),
+    )
+    assert datapath.decision_of(response)["reasons"] == ["mission-reference"]
+    assert "Mission rejected: mission-reference" in error_of(response)["message"]
+
+
+def test_revoking_mid_task_denies_the_next_call(datapath: DataPath, book: MissionBook) -> None:
+    book.update([APPROVED])
+    assert "result" in call(datapath, APPROVED).json()
+    book.update([moved(APPROVED, "revoke")])
+    response = call(datapath, APPROVED)
+    assert datapath.decision_of(response)["reasons"] == ["mission-revoked"]
+
+
+def test_a_malformed_header_is_denied_with_the_header_reason(datapath: DataPath) -> None:
+    response = datapath.post(
+        "finance", FINANCE_CALL, token=datapath.token("finance"), headers={"callwarden-mission": "q3"}
+    )
+    assert datapath.decision_of(response)["reasons"] == ["mission-header"]
+
+
+def test_a_session_stream_under_a_revoked_mission_is_refused(datapath: DataPath, book: MissionBook) -> None:
+    book.update([moved(APPROVED, "revoke")])
+    response = datapath.send("GET", "finance", token=datapath.token("finance"), headers=header(APPROVED))
+    assert response.status_code == 403 and "mission-revoked" in response.text
+
+
+def test_a_batch_under_a_rejected_mission_is_denied_whole(datapath: DataPath, book: MissionBook) -> None:
+    book.update([])
+    batch = (
+        b"["
+        + tools_call(*ALLOWED_CALLS["finance"], id=1)
+        + b","
+        + tools_call(*ALLOWED_CALLS["finance"], id=2)
+        + b"]"
+    )
+    response = call(datapath, APPROVED, body=batch)
+    assert [item["id"] for item in orjson.loads(response.content)] == [1, 2]
