@@ -15,6 +15,7 @@ import os
 import sys
 import tempfile
 from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -32,12 +33,14 @@ from callwarden.extauthz import metrics  # noqa: E402
 from callwarden.extauthz.audit import DecisionLog, new_decision_id  # noqa: E402
 from callwarden.extauthz.decide import DECISION_HEADER, EnforcementState, Enforcer  # noqa: E402
 from callwarden.extauthz.jsonrpc import parse_body  # noqa: E402
+from callwarden.extauthz.mission import MISSION_HEADER, MissionBook, presented_mission  # noqa: E402
 from callwarden.extauthz.responses import allow_response  # noqa: E402
 from callwarden.extauthz.token import JwksStore, TokenValidator  # noqa: E402
 from callwarden.policy.bundle import Bundle, compile_bundle  # noqa: E402
 from callwarden.policy.decide import decide  # noqa: E402
-from callwarden.policy.loader import load_config  # noqa: E402
+from callwarden.policy.loader import load_config, load_missions  # noqa: E402
 from callwarden.policy.mapping import AuthorizationRequests  # noqa: E402
+from callwarden.policy.mission import mission_reference, transition  # noqa: E402
 
 FINANCE = "board-packet/finance"
 DOCUMENTS = "board-packet/documents"
@@ -94,6 +97,14 @@ def request_bodies() -> dict[str, bytes]:
     }
 
 
+def approved_missions() -> tuple[MissionBook, str]:
+    """The example mission, approved, in a book; and the `callwarden-mission` header naming it."""
+    [mission] = load_missions([EXAMPLE / "missions"])
+    status = transition(mission, "approve", "bench", datetime.now(UTC))
+    book = MissionBook([mission.model_copy(update={"status": status})])
+    return book, f"{mission.key}; ref={mission_reference(mission.spec)}"
+
+
 def bundle_for(issuer_config: Path) -> Bundle:
     return compile_bundle(load_config([issuer_config]))
 
@@ -138,8 +149,14 @@ def measure(smoke: bool) -> dict[str, Any]:
 
         log_path = Path(tmp) / "decisions.log"
         decision_log = DecisionLog(path=str(log_path))
-        enforcer = Enforcer(EnforcementState.build(bundle, jwks), decision_log)
+        book, mission_header = approved_missions()
+        enforcer = Enforcer(EnforcementState.build(bundle, jwks), decision_log, book)
         line = _sample_line(enforcer, check, log_path, decision_log)
+        plain_headers = check.attributes.request.http.headers
+        under_mission = check_request(bodies["allowed"], rs_tokens[0])
+        under_mission.attributes.request.http.headers[MISSION_HEADER] = mission_header
+        mission_headers = under_mission.attributes.request.http.headers
+        active = book.bind(finance, presented_mission(mission_headers, claims) or ("", ""), claims)
 
         def log_and_flush() -> None:
             for _ in range(100):
@@ -162,6 +179,15 @@ def measure(smoke: bool) -> dict[str, Any]:
             "mapping (tools/call)": us(lambda: finance.mapping.map("tools/call", params, claims)),
             "PDP (embedded, allowed)": us(lambda: finance.pdp.evaluate_all(mapped.requests)),
             "decide: mapping + PDP": us(lambda: decide(finance, "tools/call", params, claims)),
+            "mission: none presented (the plain call's share)": us(
+                lambda: presented_mission(plain_headers, claims)
+            ),
+            "mission: header parse + bind (index, caller)": us(
+                lambda: book.bind(finance, presented_mission(mission_headers, claims) or ("", ""), claims)
+            ),
+            "decide under a mission: mapping + PDP + scope": us(
+                lambda: decide(finance, "tools/call", params, claims, active)
+            ),
             "decision id": us(new_decision_id),
             "response build (allow) + serialize": us(
                 lambda: allow_response({DECISION_HEADER: "01J0000000000000000000000"}, []).SerializeToString()
@@ -175,6 +201,9 @@ def measure(smoke: bool) -> dict[str, Any]:
         decision_log.flush()
         whole = {
             "Enforcer.check, allowed, cached token": us(lambda: enforcer.check(check)),
+            "Enforcer.check, allowed under a mission, cached token": us(
+                lambda: enforcer.check(under_mission)
+            ),
             "Enforcer.check, denied, cached token": us(
                 lambda: enforcer.check(check_request(bodies["denied"], rs_tokens[0])), scale=2
             ),
