@@ -5,6 +5,7 @@ to bind is a specific denial that never reaches the server, and is logged with t
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -84,47 +85,46 @@ def test_the_mission_claim_in_the_token_binds_like_the_header(datapath: DataPath
 EDITED = APPROVED.model_copy(update={"spec": make_mission(purpose="prepare anything for anyone").spec})
 OTHER_NAMESPACE = approved(make_mission(namespace="elsewhere"))
 WIDE = approved(make_mission(name="wide", scope=[{"servers": ["finance"], "tools": ["query_financials"]}]))
-VIOLATIONS: dict[str, tuple[list[Mission], Mission, dict[str, Any], bytes, str]] = {
-    # name: (missions in the store, mission presented, token, body, reason in the log)
-    "not-approved": ([BOARD_PACKET], BOARD_PACKET, {}, FINANCE_CALL, "mission-not-approved"),
-    "denied": ([moved(BOARD_PACKET, "deny")], BOARD_PACKET, {}, FINANCE_CALL, "mission-denied"),
-    "expired": (
-        [approved(make_mission(expires="2026-12-01T00:00:00Z"), now=datetime(2026, 11, 1, tzinfo=UTC))],
-        make_mission(expires="2026-12-01T00:00:00Z"),
-        {},
-        FINANCE_CALL,
-        "mission-expired",
+
+
+@dataclass(frozen=True)
+class Violation:
+    missions: list[Mission]  # what the store holds
+    presented: Mission  # what the call names in its header
+    reason: str  # the single reason the decision log gives
+    token: dict[str, Any] = field(default_factory=dict)
+    body: bytes = FINANCE_CALL
+
+
+EXPIRING = make_mission(expires="2026-12-01T00:00:00Z")
+VIOLATIONS = {
+    "not-approved": Violation([BOARD_PACKET], BOARD_PACKET, "mission-not-approved"),
+    "denied": Violation([moved(BOARD_PACKET, "deny")], BOARD_PACKET, "mission-denied"),
+    "expired": Violation(
+        [approved(EXPIRING, now=datetime(2026, 11, 1, tzinfo=UTC))], EXPIRING, "mission-expired"
     ),
-    "revoked": ([moved(APPROVED, "revoke")], APPROVED, {}, FINANCE_CALL, "mission-revoked"),
-    "spec-edited-after-approval": ([EDITED], EDITED, {}, FINANCE_CALL, "mission-changed"),
-    "unknown": ([], APPROVED, {}, FINANCE_CALL, "mission-unknown"),
-    "another-users-mission": ([APPROVED], APPROVED, {"sub": "bob"}, FINANCE_CALL, "mission-subject"),
-    "unnamed-agent": ([APPROVED], APPROVED, {"client_id": "other-agent"}, FINANCE_CALL, "mission-agent"),
-    "other-namespace": ([OTHER_NAMESPACE], OTHER_NAMESPACE, {}, FINANCE_CALL, "mission-namespace"),
-    "deny-overlapping-the-scope": ([WIDE], WIDE, {}, tools_call(*DENIED_CALL), DENY_RULE),
+    "revoked": Violation([moved(APPROVED, "revoke")], APPROVED, "mission-revoked"),
+    "spec-edited-after-approval": Violation([EDITED], EDITED, "mission-changed"),
+    "unknown": Violation([], APPROVED, "mission-unknown"),
+    "another-users-mission": Violation([APPROVED], APPROVED, "mission-subject", {"sub": "bob"}),
+    "unnamed-agent": Violation([APPROVED], APPROVED, "mission-agent", {"client_id": "other-agent"}),
+    "other-namespace": Violation([OTHER_NAMESPACE], OTHER_NAMESPACE, "mission-namespace"),
+    "deny-overlapping-the-scope": Violation([WIDE], WIDE, DENY_RULE, body=tools_call(*DENIED_CALL)),
 }
 
 
-@pytest.mark.parametrize(
-    ("missions", "presented", "token", "body", "reason"), list(VIOLATIONS.values()), ids=list(VIOLATIONS)
-)
+@pytest.mark.parametrize("case", list(VIOLATIONS.values()), ids=list(VIOLATIONS))
 def test_a_mission_that_cannot_bind_denies_the_call_before_the_server(
-    datapath: DataPath,
-    book: MissionBook,
-    missions: list[Mission],
-    presented: Mission,
-    token: dict[str, Any],
-    body: bytes,
-    reason: str,
+    datapath: DataPath, book: MissionBook, case: Violation
 ) -> None:
-    book.update(missions)
+    book.update(case.missions)
     before = datapath.executed("finance")
-    response = call(datapath, presented, body=body, **token)
+    response = call(datapath, case.presented, body=case.body, **case.token)
     assert response.status_code == 200 and error_of(response)["code"] == -32001
     assert response.json()["id"] == 1  # the SDK client matches the error to its request
     line = datapath.decision_of(response)
-    assert (line["decision"], line["reasons"]) == ("deny", [reason])
-    assert line["mission"]["id"] == presented.key
+    assert (line["decision"], line["reasons"]) == ("deny", [case.reason])
+    assert line["mission"]["id"] == case.presented.key
     assert datapath.executed("finance") == before
 
 
