@@ -14,7 +14,8 @@ ALLOWED = {
     "policy": set(),
     "kube": {"policy"},
     "authzen": {"policy"},
-    "extauthz": {"policy", "kube", "authzen"},
+    "stores": {"policy", "kube"},
+    "extauthz": {"policy", "kube", "authzen", "stores"},
     "operator": {"policy", "kube"},
 }
 # Third-party modules the pure core must never import: it decides, it does not talk.

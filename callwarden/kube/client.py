@@ -87,6 +87,63 @@ class Kube:
             _request_timeout=REQUEST_TIMEOUT,
         )
 
+    def create_custom(self, plural: str, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+        created: Any = self.custom.create_namespaced_custom_object(
+            API_GROUP,
+            API_VERSION,
+            namespace,
+            plural,
+            body,
+            field_manager=FIELD_MANAGER,
+            _request_timeout=REQUEST_TIMEOUT,
+        )
+        return cast(dict[str, Any], created)
+
+    def get_custom(self, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
+        """The object, or None if there is none."""
+        try:
+            found: Any = self.custom.get_namespaced_custom_object(
+                API_GROUP, API_VERSION, namespace, plural, name, _request_timeout=REQUEST_TIMEOUT
+            )
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+        return cast(dict[str, Any], found)
+
+    def list_custom_labelled(self, plural: str, namespace: str | None, selector: str) -> list[dict[str, Any]]:
+        listed: Any
+        if namespace is None:
+            listed = self.custom.list_cluster_custom_object(
+                API_GROUP, API_VERSION, plural, label_selector=selector, _request_timeout=REQUEST_TIMEOUT
+            )
+        else:
+            listed = self.custom.list_namespaced_custom_object(
+                API_GROUP,
+                API_VERSION,
+                namespace,
+                plural,
+                label_selector=selector,
+                _request_timeout=REQUEST_TIMEOUT,
+            )
+        items: list[dict[str, Any]] = listed.get("items") or []
+        return items
+
+    def replace_status(self, plural: str, body: dict[str, Any]) -> dict[str, Any]:
+        """PUT the status subresource, conditional on `body.metadata.resourceVersion` (409 if it moved)."""
+        metadata = body["metadata"]
+        replaced: Any = self.custom.replace_namespaced_custom_object_status(
+            API_GROUP,
+            API_VERSION,
+            metadata["namespace"],
+            plural,
+            metadata["name"],
+            body,
+            field_manager=FIELD_MANAGER,
+            _request_timeout=REQUEST_TIMEOUT,
+        )
+        return cast(dict[str, Any], replaced)
+
     # -- ConfigMaps --
 
     def list_configmaps(self, namespace: str | None, selector: str) -> tuple[list[dict[str, Any]], str]:
