@@ -9,17 +9,20 @@ import signal
 import sys
 import tempfile
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from callwarden.extauthz.jsonrpc import BodyRejected, parse_body
+from callwarden.missions_cli import add_mission_commands
 from callwarden.policy.bundle import Bundle, BundleError, CompiledServer, compile_bundle
 from callwarden.policy.decide import JsonRpcError, decide_messages, deciding_reasons
 from callwarden.policy.loader import ConfigError, load_config
 from callwarden.policy.remote import RemotePdpFactory
 
 if TYPE_CHECKING:  # grpc is imported only when serving
+    from callwarden.extauthz.mission import MissionBook
     from callwarden.extauthz.server import ServerTls
 
 # Exit codes of `callwarden check`, fixed so scripts and CI can rely on them.
@@ -132,15 +135,19 @@ def _command_extauthz(args: argparse.Namespace) -> int:
     from callwarden.extauthz.service import start_extauthz  # noqa: PLC0415 (grpc only when serving)
 
     bundle = load_bundle(args.config, remote_pdp=_remote_pdps())
-    with start_extauthz(
-        bundle,
-        listen=args.listen,
-        http_listen=args.http_listen,
-        audit_path=args.audit_log,
-        workers=args.workers,
-        tls=_server_tls(args),
-        http_authz_listen=args.http_authz_listen,
-    ) as ext_authz:
+    with (
+        _missions(args.missions) as missions,
+        start_extauthz(
+            bundle,
+            listen=args.listen,
+            http_listen=args.http_listen,
+            audit_path=args.audit_log,
+            workers=args.workers,
+            tls=_server_tls(args),
+            http_authz_listen=args.http_authz_listen,
+            missions=missions,
+        ) as ext_authz,
+    ):
         http_authz = ext_authz.http_authz
         also = f", HTTP ext_authz on port {http_authz.port}" if http_authz is not None else ""
         print(
@@ -150,6 +157,18 @@ def _command_extauthz(args: argparse.Namespace) -> int:
         )
         _wait_for_signal()
     return 0
+
+
+@contextmanager
+def _missions(path: str | None) -> Iterator[MissionBook | None]:
+    """The missions of the standalone store at `path`, followed while serving; None without one."""
+    if path is None:
+        yield None
+        return
+    from callwarden.extauthz.mission_sync import follow_mission_file  # noqa: PLC0415
+
+    with follow_mission_file(path) as sync:
+        yield sync.book
 
 
 def _server_tls(args: argparse.Namespace) -> ServerTls | None:
@@ -228,6 +247,7 @@ def _command_gateway(args: argparse.Namespace) -> int:
     bundle = load_bundle(args.config, remote_pdp=_remote_pdps())
     with (
         tempfile.TemporaryDirectory(prefix="callwarden-gateway-") as workdir,
+        _missions(args.missions) as missions,
         start_gateway(
             bundle,
             Path(workdir),
@@ -235,6 +255,7 @@ def _command_gateway(args: argparse.Namespace) -> int:
             listen_address=args.address,
             audit_path=args.audit_log,
             transport=args.transport,
+            missions=missions,
         ) as gateway,
     ):
         print(
@@ -269,9 +290,18 @@ def _command_demo(args: argparse.Namespace) -> int:
     return run_demo(Path(args.config)) if args.config else run_demo()
 
 
+def _add_audit_and_missions(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--audit-log", help="append decision lines to this file (default: stdout)")
+    parser.add_argument(
+        "--missions",
+        metavar="FILE",
+        help="standalone: bind requests to the missions of this SQLite store (callwarden missions --store)",
+    )
+
+
 def _add_serving_arguments(extauthz: argparse.ArgumentParser) -> None:
     extauthz.add_argument("--http-listen", help="HOST:PORT for /metrics, /healthz and /readyz")
-    extauthz.add_argument("--audit-log", help="append decision lines to this file (default: stdout)")
+    _add_audit_and_missions(extauthz)
     extauthz.add_argument("--workers", type=int, default=4, help="gRPC worker threads (default 4)")
     extauthz.add_argument(
         "--http-authz-listen",
@@ -366,7 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     gateway.add_argument("--port", type=int, default=8080, help="gateway port (default 8080)")
     gateway.add_argument("--address", default="127.0.0.1", help="gateway listen address (default 127.0.0.1)")
-    gateway.add_argument("--audit-log", help="append decision lines to this file (default: stdout)")
+    _add_audit_and_missions(gateway)
     gateway.add_argument(
         "--transport",
         choices=("grpc", "http"),
@@ -396,6 +426,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--config", help="scenario configuration (default: examples/board-packet)")
     demo.set_defaults(handler=_command_demo)
+    add_mission_commands(commands)
     return parser
 
 

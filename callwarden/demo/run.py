@@ -9,6 +9,7 @@ decided as the scenario expects, and no denied call ever executed on its server.
 
 from __future__ import annotations
 
+import io
 import json
 import sys
 import tempfile
@@ -19,7 +20,9 @@ from typing import IO, Any, Final, Literal, Protocol
 
 from callwarden.demo.agent import AgentRun, Outcome, ToolCall, run_agent
 from callwarden.demo.issuers import RunningIssuers, start_issuers
+from callwarden.demo.mission import MISSION_EXECUTIONS, run_mission_story
 from callwarden.demo.servers import RunningServers, start_servers
+from callwarden.extauthz.mission_sync import follow_mission_file
 from callwarden.extauthz.service import Gateway, start_gateway
 from callwarden.policy.bundle import Bundle, compile_bundle
 from callwarden.policy.loader import Config, config_from_objects, load_config
@@ -198,7 +201,13 @@ def run_demo(config_dir: Path = EXAMPLE, out: IO[str] = sys.stdout) -> int:
         decided: list[tuple[Session, ToolCall, Outcome]] = []
         surprises: list[str] = []
         expected_executions: dict[tuple[str, str], int] = {}
-        with start_gateway(bundle, Path(workdir) / "envoy", audit_path=str(audit_path)) as gateway:
+        told = io.StringIO()  # the mission story, printed after the table
+        with (
+            follow_mission_file(Path(workdir) / "missions.db", interval=0.05) as missions,
+            start_gateway(
+                bundle, Path(workdir) / "envoy", audit_path=str(audit_path), missions=missions.book
+            ) as gateway,
+        ):
             print(f"gateway {gateway.url} (Envoy) -> ext_authz {gateway.ext_authz.address}\n", file=out)
             for session in SCENARIO:
                 run = _run_session(session, gateway, issuers, bundle)
@@ -215,6 +224,17 @@ def run_demo(config_dir: Path = EXAMPLE, out: IO[str] = sys.stdout) -> int:
                     if outcome.status == "allowed":
                         key = (session.server, call.tool)
                         expected_executions[key] = expected_executions.get(key, 0) + 1
+            story = run_mission_story(
+                gateway,
+                issuers,
+                bundle,
+                records=missions.records,
+                sync=missions,
+                audit_paths=[audit_path],
+                out=told,
+            )
+            for key, count in MISSION_EXECUTIONS.items():
+                expected_executions[key] = expected_executions.get(key, 0) + count
             gateway.ext_authz.decision_log.flush()
         entries = [json.loads(line) for line in audit_path.read_text().splitlines()]
         decisions = {entry["decision_id"]: entry for entry in entries}
@@ -229,11 +249,12 @@ def run_demo(config_dir: Path = EXAMPLE, out: IO[str] = sys.stdout) -> int:
             for session, call, outcome in decided
         ]
         _print_table(rows, out)
-        surprises += _unexpected_executions(servers, expected_executions)
+        surprises += story + _unexpected_executions(servers, expected_executions)
         print("\ndecision log (tools/call lines):", file=out)
         for entry in entries:
             if entry.get("method") == "tools/call" or entry.get("code") == 401:
                 print(_summarize(entry), file=out)
+        out.write(told.getvalue())
     for surprise in surprises:
         print(f"UNEXPECTED: {surprise}", file=out)
     print("\ndemo " + ("failed" if surprises else "passed: every call decided as expected"), file=out)

@@ -33,6 +33,8 @@ from prometheus_client import Counter
 
 from callwarden.authzen.client import RemotePdps
 from callwarden.extauthz import metrics
+from callwarden.extauthz.mission import MissionBook
+from callwarden.extauthz.mission_sync import KubeWatchSync, proposer_for
 from callwarden.extauthz.server import DEFAULT_WORKERS, ServerTls
 from callwarden.extauthz.service import ExtAuthz, start_extauthz
 from callwarden.kube.bundles import (
@@ -47,6 +49,8 @@ from callwarden.kube.client import Kube, describe_error
 from callwarden.policy.bundle import Bundle, BundleError, compile_bundle
 from callwarden.policy.loader import ConfigError, config_from_objects
 from callwarden.policy.remote import RemotePdpFactory
+from callwarden.stores.kube import KubeDocuments
+from callwarden.stores.missions import MissionRecords
 
 log = logging.getLogger(__name__)
 watch: Any = _watch  # kubernetes.watch has no type hints
@@ -322,6 +326,7 @@ class KubernetesExtAuthz:
 
     ext_authz: ExtAuthz
     watcher: BundleWatcher
+    missions: KubeWatchSync
 
     @property
     def http_port(self) -> int | None:
@@ -349,6 +354,9 @@ def start_kubernetes_extauthz(
     remote_pdps = RemotePdps(observer=metrics.PdpMetrics())
     watcher = BundleWatcher(kube, lambda bundle: None, namespace=namespace, remote_pdp=remote_pdps)
     bundle = watcher.load()
+    # Missions are watched like the bundles; a call outside one proposes its expansion as a Mission.
+    proposer = proposer_for(MissionRecords(KubeDocuments(kube, instance="callwarden-extauthz")))
+    missions = KubeWatchSync(kube, MissionBook(proposer=proposer), namespace)
     with (
         remote_pdps,
         start_extauthz(
@@ -358,13 +366,16 @@ def start_kubernetes_extauthz(
             audit_path=audit_path,
             audit_stream=audit_stream,
             workers=workers,
-            ready_checks=(watcher.readiness,),
+            ready_checks=(watcher.readiness, missions.readiness),
             tls=tls,
+            missions=missions.book,
         ) as ext_authz,
     ):
         watcher.swap = ext_authz.swap
         watcher.start()
+        missions.start()
         try:
-            yield KubernetesExtAuthz(ext_authz, watcher)
+            yield KubernetesExtAuthz(ext_authz, watcher, missions)
         finally:
+            missions.stop()
             watcher.stop()

@@ -43,8 +43,8 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 import orjson
-import rfc8785
 
+from callwarden.policy.canonical import canonical
 from callwarden.policy.cel import CelCompileError, Program, compile_expression, prepare
 from callwarden.policy.model import (
     Grant,
@@ -83,8 +83,9 @@ MAX_LINEAGE: Final = 32
 
 def mission_reference(spec: MissionSpec) -> str:
     """`sha256:` + base64url(SHA-256(JCS(spec))), fields at their defaults omitted."""
-    canonical = rfc8785.dumps(spec.model_dump(mode="json", by_alias=True, exclude_defaults=True))
-    digest = hashlib.sha256(canonical).digest()
+    digest = hashlib.sha256(
+        canonical(spec.model_dump(mode="json", by_alias=True, exclude_defaults=True))
+    ).digest()
     return "sha256:" + base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
 

@@ -195,8 +195,16 @@ def render_text(trail: Mapping[str, Any]) -> str:
         grants = "; ".join(f"{','.join(g['servers'])}:{','.join(g['tools'])}" for g in child["scope"])
         out.append(f"  expansion {child['id']}  {child['phase']}  parent {child['parent']}  scope {grants}")
     out.append("trail:")
+    plumbing = 0
     for event in trail["events"]:
+        if event["kind"] != "transition" and event["method"] != "tools/call" and event["decision"] == "allow":
+            plumbing += 1  # initialize, tools/list, notifications: the session, not the task
+            continue
         out.append("  " + _event_text(event))
+    if plumbing:
+        out.append(
+            f"  ({plumbing} allowed session message(s) such as initialize and tools/list; --json lists them)"
+        )
     verdict = (
         "verified: every call carries the mission's approved reference"
         if trail["verified"]
