@@ -198,12 +198,30 @@ def add_mission_commands(commands: Any) -> None:
     audit.set_defaults(handler=_guarded(_audit))
 
 
+def _api_message(error: Exception) -> str:
+    try:
+        message = orjson.loads(getattr(error, "body", None) or b"{}").get("message")
+    except (orjson.JSONDecodeError, AttributeError):
+        message = None
+    return str(message or getattr(error, "reason", "") or error)
+
+
 def _guarded(handler: Any) -> Any:
     def run(args: argparse.Namespace) -> int:
         try:
             result: int = handler(args)
         except MissionCommandError as error:
             print(f"callwarden: {error}", file=sys.stderr)
+            return EXIT_INPUT_ERROR
+        except Exception as error:
+            # The API server's refusal (kubernetes' ApiException, matched by its shape: the
+            # client library is an optional extra): say what it said, e.g. RBAC's "forbidden".
+            status = getattr(error, "status", None)
+            if not isinstance(status, int):
+                raise
+            print(
+                f"callwarden: the API server refused (HTTP {status}): {_api_message(error)}", file=sys.stderr
+            )
             return EXIT_INPUT_ERROR
         return result
 

@@ -148,7 +148,8 @@ def test_a_call_outside_the_mission_is_denied_and_proposes_an_expansion(story: S
             "when": 'resource.type == "reviewer_group" && resource.id == "all-staff"',
         }
     ]
-    assert child["status"]["history"][0]["by"] == "callwarden-extauthz"
+    assert child["metadata"]["annotations"]["callwarden.io/proposed-by"] == "callwarden-extauthz"
+    assert [(step["phase"], step["by"]) for step in child["status"]["history"]] == [("Approved", "carol")]
 
 
 def test_the_denied_call_never_reached_the_server(story: Story) -> None:

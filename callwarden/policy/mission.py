@@ -76,6 +76,9 @@ TOOLS_CALL: Final = "tools/call"
 # `mission-outside:<ns>/<name>` denied as outside it (the denial proposes an expansion).
 ALLOWED_PREFIX: Final = "mission:"
 OUTSIDE_PREFIX: Final = "mission-outside:"
+# Who proposed a mission and when (annotations: a proposer writes no status, see stores.missions).
+PROPOSED_BY: Final = "callwarden.io/proposed-by"
+PROPOSED_AT: Final = "callwarden.io/proposed-at"
 # A lineage longer than this is refused rather than walked (a cycle cannot occur: a reference
 # covers the parent's reference, so a mission cannot be its own ancestor).
 MAX_LINEAGE: Final = 32

@@ -410,6 +410,7 @@ class ObjectMeta(BaseModel):
     namespace: Name = "default"
     generation: int | None = None
     resource_version: str | None = Field(default=None, alias="resourceVersion")
+    annotations: dict[str, str] = Field(default_factory=dict)
 
 
 class CustomObject(BaseModel):

@@ -25,7 +25,14 @@ from typing import Any, Final
 
 import orjson
 
-from callwarden.policy.mission import ALLOWED_PREFIX, OUTSIDE_PREFIX, mission_reference, parse_timestamp
+from callwarden.policy.mission import (
+    ALLOWED_PREFIX,
+    OUTSIDE_PREFIX,
+    PROPOSED_AT,
+    PROPOSED_BY,
+    mission_reference,
+    parse_timestamp,
+)
 from callwarden.policy.model import Mission
 
 __all__ = ["TrailError", "build_trail", "render_json", "render_text"]
@@ -125,16 +132,8 @@ def build_trail(lineage: Sequence[Mission], lines: Iterable[tuple[str, Mapping[s
             if event["agent"] in agents:
                 events.append((when, line["decision_id"], _KIND_ORDER["unbound"], event))
     for member in lineage:
-        for step in member.status.history:
-            event = {
-                "kind": "transition",
-                "time": step.time,
-                "mission": member.key,
-                "phase": step.phase,
-                "by": step.by,
-                "reference": step.reference,
-            }
-            events.append((_instant(step.time, member.key), "", _KIND_ORDER["transition"], event))
+        for step in _transitions(member):
+            events.append((_instant(step["time"], member.key), "", _KIND_ORDER["transition"], step))
     events.sort(
         key=lambda item: (item[0], item[1], item[2], orjson.dumps(item[3], option=orjson.OPT_SORT_KEYS))
     )
@@ -145,6 +144,21 @@ def build_trail(lineage: Sequence[Mission], lines: Iterable[tuple[str, Mapping[s
         "verified": violations == 0,
         "violations": violations,
     }
+
+
+def _transitions(mission: Mission) -> list[dict[str, Any]]:
+    """The proposal (from the annotations its proposer wrote) and every change of phase."""
+    steps = []
+    annotations = mission.metadata.annotations
+    if PROPOSED_AT in annotations:
+        proposed = {
+            "phase": "Proposed",
+            "by": annotations.get(PROPOSED_BY, "-"),
+            "time": annotations[PROPOSED_AT],
+        }
+        steps.append({**proposed, "reference": mission_reference(mission.spec)})
+    steps.extend(step.model_dump(mode="json") for step in mission.status.history)
+    return [{"kind": "transition", "mission": mission.key, **step} for step in steps]
 
 
 def _window(mission: Mission) -> tuple[datetime | None, datetime]:

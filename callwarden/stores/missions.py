@@ -1,6 +1,9 @@
 """`MissionRecords` over a `DocumentStore`: Mission objects in the API server or the SQLite file.
 
-Proposing creates the object with status `Proposed` and a first history entry (who proposed).
+Proposing creates the object and nothing else: no status (a mission without one is `Proposed`),
+so a proposer needs no right on `missions/status` and can never approve its own mission. Who
+proposed and when are annotations (`callwarden.io/proposed-by`, `callwarden.io/proposed-at`) for
+the audit trail.
 Approving, denying and revoking read the object, compute the next status in the pure core
 (`policy.mission.transition`) and write it on the `resourceVersion` read, so of two reviewers
 acting at once exactly one transition wins and the other gets StoreConflict. Every transition
@@ -16,8 +19,8 @@ from typing import Any, Final
 
 from pydantic import ValidationError
 
-from callwarden.policy.mission import mission_reference, transition
-from callwarden.policy.model import Mission, MissionStatus, MissionTransition
+from callwarden.policy.mission import PROPOSED_AT, PROPOSED_BY, transition
+from callwarden.policy.model import Mission
 from callwarden.stores.documents import DocumentStore
 
 __all__ = ["PLURAL", "MissionRecords", "mission_of"]
@@ -36,6 +39,8 @@ def mission_of(body: Mapping[str, Any]) -> Mission:
 def _body(mission: Mission) -> dict[str, Any]:
     body = mission.model_dump(mode="json", by_alias=True, exclude_none=True)
     body["metadata"] = {"name": mission.metadata.name, "namespace": mission.metadata.namespace}
+    if mission.metadata.annotations:
+        body["metadata"]["annotations"] = dict(mission.metadata.annotations)
     if mission.metadata.resource_version is not None:
         body["metadata"]["resourceVersion"] = mission.metadata.resource_version
     return body
@@ -50,12 +55,10 @@ class MissionRecords:
     def propose(self, mission: Mission, by: str, now: datetime | None = None) -> Mission:
         """Store `mission` as Proposed by `by`; StoreConflict if one of that name exists."""
         when = (now or datetime.now(UTC)).isoformat(timespec="microseconds").replace("+00:00", "Z")
-        step = MissionTransition(
-            phase="Proposed", by=by, time=when, reference=mission_reference(mission.spec)
-        )
-        status = MissionStatus(phase="Proposed", history=[step])
-        body = _body(mission.model_copy(update={"status": status}))
+        body = _body(mission)
+        body.pop("status", None)
         body["metadata"].pop("resourceVersion", None)
+        body["metadata"]["annotations"] = {PROPOSED_BY: by, PROPOSED_AT: when}
         created = mission_of(self.documents.create(PLURAL, body))
         self.documents.event(body, "MissionProposed", f"proposed by {by}: {mission.spec.purpose}")
         return created
