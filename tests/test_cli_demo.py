@@ -58,3 +58,24 @@ def test_an_unauthenticated_row_shows_the_challenge(demo: subprocess.CompletedPr
 def test_a_denied_row_shows_the_denial(demo: subprocess.CompletedProcess[str]) -> None:
     row = _row(demo, "entity='other-corp'")
     assert "denied by rule 'board-packet/finance-guardrails/only-examp" in row
+
+
+def test_the_demo_tells_the_mission_story_and_prints_its_audit_trail(
+    demo: subprocess.CompletedProcess[str],
+) -> None:
+    out = demo.stdout
+    assert (
+        "mission board-packet/q3-board-packet: 'prepare the Q3 board packet for the audit committee'" in out
+    )
+    assert "  approved once by carol at sha256:" in out
+    assert "outside the mission: expansion board-packet/q3-board-packet-x" in out
+    trail = out[out.index("callwarden audit --mission board-packet/q3-board-packet:") :]
+    rows = [line.split() for line in trail.splitlines() if line.split()[1:2] in (["allow"], ["deny"])]
+    assert [(row[1], row[3], row[4]) for row in rows] == [
+        ("allow", "query_financials", "resource=financials/example-corp"),
+        ("allow", "create_doc", "resource=document_template/board-packet"),
+        ("allow", "notify_reviewer", "resource=reviewer_group/audit-committee"),
+        ("deny", "notify_reviewer", "resource=reviewer_group/all-staff"),
+        ("allow", "notify_reviewer", "resource=reviewer_group/all-staff"),
+    ]
+    assert "verified: every call carries the mission's approved reference" in trail
