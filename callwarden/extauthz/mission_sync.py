@@ -20,11 +20,11 @@ from pathlib import Path
 from typing import Any, Final
 
 from kubernetes import watch as _watch
-from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
 from callwarden.extauthz.mission import MissionBook, Proposer
-from callwarden.kube.client import Kube, describe_error
+from callwarden.kube.client import Kube
+from callwarden.kube.follow import follow
 from callwarden.policy.model import API_GROUP, API_VERSION, Mission
 from callwarden.stores.documents import StoreConflict
 from callwarden.stores.missions import PLURAL, MissionRecords, mission_of
@@ -35,8 +35,6 @@ watch: Any = _watch  # kubernetes.watch has no type hints
 
 POLL_SECONDS: Final = 0.5
 WATCH_SECONDS: Final = 240
-INITIAL_BACKOFF: Final = 0.2
-MAX_BACKOFF: Final = 5.0
 
 
 class _Sync(ABC):
@@ -142,26 +140,17 @@ class KubeWatchSync(_Sync):
             log.warning("ignoring mission %s/%s: %s", key[0], key[1], error)
 
     def _run(self) -> None:
-        backoff = INITIAL_BACKOFF
-        while not self._stopped.is_set():
-            try:
-                if self._resource_version is None:
-                    self.relist()
-                self._watch_once()
-                backoff = INITIAL_BACKOFF
-            except ApiException as error:
-                if error.status == 410:
-                    self._resource_version = None
-                    continue
-                backoff = self._pause(error, backoff)
-            except Exception as error:  # connection refused or reset: the API server restarting
-                backoff = self._pause(error, backoff)
+        follow(
+            self._stopped,
+            listed=lambda: self._resource_version is not None,
+            relist=self.relist,
+            watch_once=self._watch_once,
+            forget=self._forget_resource_version,
+            what="mission watch",
+        )
 
-    def _pause(self, error: Exception, backoff: float) -> float:
-        if not self._stopped.is_set():
-            log.warning("mission watch: %s; retrying in %.1fs", describe_error(error), backoff)
-            self._stopped.wait(backoff)
-        return min(MAX_BACKOFF, backoff * 2)
+    def _forget_resource_version(self) -> None:
+        self._resource_version = None
 
     def _watch_once(self) -> None:
         function, arguments = self._list_call()

@@ -28,7 +28,6 @@ from dataclasses import dataclass
 from typing import IO, Any, Final
 
 from kubernetes import watch as _watch
-from kubernetes.client.exceptions import ApiException
 from prometheus_client import Counter
 
 from callwarden.authzen.client import RemotePdps
@@ -46,6 +45,7 @@ from callwarden.kube.bundles import (
     read_shard,
 )
 from callwarden.kube.client import Kube, describe_error
+from callwarden.kube.follow import INITIAL_BACKOFF, MAX_BACKOFF, follow
 from callwarden.policy.bundle import Bundle, BundleError, compile_bundle
 from callwarden.policy.loader import ConfigError, config_from_objects
 from callwarden.policy.remote import RemotePdpFactory
@@ -68,8 +68,6 @@ BUNDLE_SWAPS: Final = Counter(
 )
 # A watch is re-established at least this often, even on a quiet, healthy connection.
 WATCH_SECONDS: Final = 240
-INITIAL_BACKOFF: Final = 0.2
-MAX_BACKOFF: Final = 5.0
 
 
 @dataclass(frozen=True)
@@ -176,27 +174,17 @@ class BundleWatcher:
             self._changed.notify_all()
 
     def _watch_loop(self) -> None:
-        backoff = INITIAL_BACKOFF
-        while not self._stopped.is_set():
-            try:
-                if self._resource_version is None:
-                    self._relist()
-                self._watch_once()
-                backoff = INITIAL_BACKOFF
-            except ApiException as error:
-                if error.status == 410:  # our resourceVersion is gone: start over from a list
-                    log.info("bundle watch: resourceVersion expired; relisting")
-                    self._resource_version = None
-                    continue
-                backoff = self._pause(error, backoff)
-            except Exception as error:  # connection refused or reset: the API server restarting
-                backoff = self._pause(error, backoff)
+        follow(
+            self._stopped,
+            listed=lambda: self._resource_version is not None,
+            relist=self._relist,
+            watch_once=self._watch_once,
+            forget=self._forget_resource_version,
+            what="bundle watch",
+        )
 
-    def _pause(self, error: Exception, backoff: float) -> float:
-        if not self._stopped.is_set():
-            log.warning("bundle watch: %s; retrying in %.1fs", describe_error(error), backoff)
-            self._stopped.wait(backoff)
-        return min(MAX_BACKOFF, backoff * 2)
+    def _forget_resource_version(self) -> None:
+        self._resource_version = None
 
     def _watch_once(self) -> None:
         core = self.kube.core
