@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -172,3 +173,9 @@ def test_a_batch_under_a_rejected_mission_is_denied_whole(datapath: DataPath, bo
     )
     response = call(datapath, APPROVED, body=batch)
     assert [item["id"] for item in orjson.loads(response.content)] == [1, 2]
+
+
+def test_envoys_http_ext_authz_forwards_the_mission_header(tmp_path: Path) -> None:
+    with start_datapath(tmp_path, missions=MissionBook([APPROVED]), transport="http") as dp:
+        response = call(dp, APPROVED)
+        assert dp.decision_of(response)["reasons"] == [f"mission:{KEY}/scope[0]"]
