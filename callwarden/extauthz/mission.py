@@ -96,7 +96,7 @@ def mission_claim(claims: Mapping[str, Any]) -> tuple[str, str] | None:
 def presented_mission(headers: Mapping[str, str], claims: Mapping[str, Any]) -> tuple[str, str] | None:
     """The mission the request names (header, claim, or both agreeing), None if it names none."""
     header = headers.get(MISSION_HEADER)
-    claimed = mission_claim(claims) if MISSION_CLAIM in claims else None
+    claimed = mission_claim(claims)
     if header is None:
         return claimed
     presented = parse_mission_header(header)

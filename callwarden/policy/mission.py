@@ -233,7 +233,7 @@ class MissionIndex:
             raise MissionRejected("mission-revoked", f"mission {key} was revoked")
         if status.phase == "Denied":
             raise MissionRejected("mission-denied", f"mission {key} was denied")
-        if status.phase in ("Proposed",):
+        if status.phase == "Proposed":
             raise MissionRejected("mission-not-approved", f"mission {key} is not approved")
         if status.reference != entry.reference:
             raise MissionRejected(
