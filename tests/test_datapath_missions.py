@@ -18,7 +18,7 @@ from callwarden.extauthz.mission import MissionBook
 from callwarden.policy.mission import mission_reference
 from callwarden.policy.model import Mission
 from tests.support.datapath import ALLOWED_CALLS, DENIED_CALL, DENY_RULE, DataPath, start_datapath, tools_call
-from tests.support.missions import BOARD_PACKET, approved, make_mission, moved
+from tests.support.missions import BOARD_PACKET, HOSTILE_HEADERS, approved, make_mission, moved
 
 pytestmark = pytest.mark.integration
 
@@ -179,3 +179,42 @@ def test_envoys_http_ext_authz_forwards_the_mission_header(tmp_path: Path) -> No
     with start_datapath(tmp_path, missions=MissionBook([APPROVED]), transport="http") as dp:
         response = call(dp, APPROVED)
         assert dp.decision_of(response)["reasons"] == [f"mission:{KEY}/scope[0]"]
+
+
+SENDABLE_HOSTILE = {
+    name: value
+    for name, value in HOSTILE_HEADERS.items()
+    if value and value.isascii() and value.isprintable() and value == value.strip()
+}
+
+
+@pytest.mark.parametrize("value", list(SENDABLE_HOSTILE.values()), ids=list(SENDABLE_HOSTILE))
+def test_a_hostile_header_through_envoy_is_denied_logged_and_never_executed(
+    datapath: DataPath, book: MissionBook, value: str
+) -> None:
+    book.update([APPROVED])
+    before = datapath.executed("finance")
+    response = datapath.post(
+        "finance", FINANCE_CALL, token=datapath.token("finance"), headers={"callwarden-mission": value}
+    )
+    line = datapath.decision_of(response)
+    assert (line["decision"], line["reasons"]) == ("deny", ["mission-header"])
+    assert datapath.executed("finance") == before
+
+
+def test_a_repeated_header_is_refused_whole(datapath: DataPath, book: MissionBook) -> None:
+    book.update([APPROVED])
+    good = header(APPROVED)["callwarden-mission"]
+    response = datapath.client.post(
+        datapath.url,
+        content=FINANCE_CALL,
+        headers=[
+            ("host", datapath.host("finance")),
+            ("content-type", "application/json"),
+            ("accept", "application/json, text/event-stream"),
+            ("authorization", f"Bearer {datapath.token('finance')}"),
+            ("callwarden-mission", good),
+            ("callwarden-mission", good),
+        ],
+    )
+    assert datapath.decision_of(response)["reasons"] == ["mission-header"]

@@ -12,10 +12,10 @@ import pytest
 from callwarden.extauthz.mission import parse_mission_header, presented_mission
 from callwarden.policy.loader import ConfigError, load_missions
 from callwarden.policy.mission import MissionRejected, mission_reference
-from tests.support.missions import BOARD_PACKET, EXAMPLE
+from tests.support.missions import BOARD_PACKET, EXAMPLE, GOOD_HEADER, HOSTILE_HEADERS
 
 REFERENCE = mission_reference(BOARD_PACKET.spec)
-GOOD = f"board-packet/q3-board-packet; ref={REFERENCE}"
+GOOD = GOOD_HEADER
 
 
 @pytest.mark.parametrize(
@@ -29,32 +29,6 @@ GOOD = f"board-packet/q3-board-packet; ref={REFERENCE}"
 )
 def test_the_header_names_a_mission_and_its_reference(value: str) -> None:
     assert parse_mission_header(value) == ("board-packet/q3-board-packet", REFERENCE)
-
-
-HOSTILE_HEADERS = {
-    "empty": "",
-    "no-reference": "board-packet/q3-board-packet",
-    "no-namespace": f"q3-board-packet; ref={REFERENCE}",
-    "uppercase-name": f"board-packet/Q3; ref={REFERENCE}",
-    "path-traversal": f"board-packet/../kube-system/x; ref={REFERENCE}",
-    "three-segments": f"a/b/c; ref={REFERENCE}",
-    "truncated-digest": f"{GOOD[:-1]}",
-    "long-digest": f"{GOOD}A",
-    "other-algorithm": f"board-packet/q3-board-packet; ref=sha512:{REFERENCE[7:]}",
-    "padded-base64": f"board-packet/q3-board-packet; ref={REFERENCE}=",
-    "standard-base64": f"board-packet/q3-board-packet; ref=sha256:{'+' * 43}",
-    "repeated-header-joined": f"{GOOD},{GOOD}",
-    "extra-parameter": f"{GOOD}; purpose=anything",
-    "leading-space": f" {GOOD}",
-    "trailing-newline": f"{GOOD}\n",
-    "nul-byte": f"board-packet/q3\x00; ref={REFERENCE}",
-    "cyrillic-lookalike": f"board-p\u0430cket/q3-board-packet; ref={REFERENCE}",
-    "fullwidth-semicolon": f"board-packet/q3-board-packet\uff1b ref={REFERENCE}",
-    "zero-width-space": f"board-packet/q3-board\u200b-packet; ref={REFERENCE}",
-    "oversized": f"board-packet/{'a' * 600}; ref={REFERENCE}",
-    "lone-surrogate": f"board-packet/\udc80; ref={REFERENCE}",
-    "quoted": f'"{GOOD}"',
-}
 
 
 @pytest.mark.parametrize("value", list(HOSTILE_HEADERS.values()), ids=list(HOSTILE_HEADERS))
