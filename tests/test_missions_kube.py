@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import threading
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -23,9 +22,9 @@ from callwarden.kube.client import Kube, new_api_client
 from callwarden.policy.decide import Verdict
 from callwarden.policy.mission import OUTSIDE_PREFIX, mission_reference
 from callwarden.policy.model import Mission
-from callwarden.stores.documents import StoreConflict
 from callwarden.stores.kube import KubeDocuments
 from callwarden.stores.missions import MissionRecords
+from tests.support.mission_store_contract import *  # noqa: F403 - the contract every backend passes
 from tests.support.missions import BOARD_PACKET, EXAMPLE, make_mission
 
 if TYPE_CHECKING:
@@ -106,6 +105,21 @@ def test_the_api_server_rejects_what_the_model_rejects(namespace: str, crds: Kub
     assert result.returncode != 0 and "spec.expires" in result.stderr
 
 
+@pytest.mark.parametrize("field", ["purpose", "subject"])
+def test_the_api_server_refuses_text_a_reviewer_could_misread(
+    namespace: str, crds: KubeEnvironment, field: str
+) -> None:
+    body = in_namespace(namespace).model_dump(
+        mode="json", by_alias=True, exclude_none=True, exclude={"status"}
+    )
+    body["spec"][field] = "approve \u202eevil"
+    result = crds.kubectl("apply", "-f", "-", input=json.dumps(body), check=False)
+    assert (
+        result.returncode != 0
+        and f"{field} must not contain control or invisible characters" in result.stderr
+    )
+
+
 def test_a_proposer_cannot_approve_and_an_approver_can(namespace: str, crds: KubeEnvironment) -> None:
     proposer = person(crds, namespace, "alice", "proposer")
     approver = person(crds, namespace, "carol", "approver")
@@ -123,31 +137,6 @@ def test_a_proposer_cannot_approve_and_an_approver_can(namespace: str, crds: Kub
     shown = json.loads(callwarden(approver, "show", key).stdout)
     assert (shown["status"]["phase"], shown["status"]["approver"]) == ("Approved", "carol")
     assert shown["status"]["reference"] == mission_reference(BOARD_PACKET.spec)
-
-
-def test_of_two_reviewers_acting_at_once_exactly_one_transition_wins(
-    records: MissionRecords, namespace: str
-) -> None:
-    key = records.propose(in_namespace(namespace), "alice").key
-    outcomes: list[str] = []
-
-    def act(command: str) -> None:
-        try:
-            records.move(key, command, command)
-            outcomes.append("won")
-        except StoreConflict:
-            outcomes.append("conflict")
-        except Exception as error:  # the loser may also see the phase the winner left
-            outcomes.append(type(error).__name__)
-
-    threads = [threading.Thread(target=act, args=(command,)) for command in ("approve", "deny")]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert outcomes.count("won") == 1
-    stored = records.get(key)
-    assert stored is not None and len(stored.status.history) == 1  # exactly one decision
 
 
 @pytest.fixture

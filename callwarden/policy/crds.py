@@ -31,6 +31,7 @@ from pydantic import BaseModel
 from callwarden.policy.model import (
     API_GROUP,
     API_VERSION,
+    UNREADABLE_CATEGORIES,
     AccessRequestSpec,
     McpServerSpec,
     MissionSpec,
@@ -60,7 +61,17 @@ _DROPPED: Final = frozenset({"title", "additionalProperties"})
 
 # Checks the API server can make cheaply, mirroring the models' validators, so `kubectl apply`
 # rejects what callwarden would reject. Keyed by pydantic model name.
+# A CEL string literal of the RE2 class of model.UNREADABLE_CATEGORIES (`\\` in CEL is one `\`).
+_UNREADABLE: Final = "'[" + "".join(f"\\\\p{{{c}}}" for c in sorted(UNREADABLE_CATEGORIES)) + "]'"
+_READABLE_MESSAGE: Final = "must not contain control or invisible characters (categories Cc, Cf, Zl, Zp)"
 _VALIDATIONS: Final[Mapping[str, list[dict[str, str]]]] = {
+    "MissionSpec": [
+        {"rule": f"!self.purpose.matches({_UNREADABLE})", "message": f"purpose {_READABLE_MESSAGE}"},
+        {"rule": f"!self.subject.matches({_UNREADABLE})", "message": f"subject {_READABLE_MESSAGE}"},
+    ],
+    "MissionAgent": [
+        {"rule": f"!self.clientId.matches({_UNREADABLE})", "message": f"clientId {_READABLE_MESSAGE}"},
+    ],
     "Rule": [
         {
             "rule": "(has(self.tools) && size(self.tools) > 0)"

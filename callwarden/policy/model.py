@@ -10,6 +10,7 @@ Every field name is the camelCase one the CRD carries; Python attributes are sna
 from __future__ import annotations
 
 import re
+import unicodedata
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
@@ -303,19 +304,18 @@ MissionReference = Annotated[str, StringConstraints(pattern=MISSION_REFERENCE)]
 # of the spec's text) cannot change under a reformatting of the same expiry.
 UTC_TIMESTAMP = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z$"
 UtcTimestamp = Annotated[str, StringConstraints(pattern=UTC_TIMESTAMP)]
-# Text a person reads before approving: no control, format (bidi overrides, zero-width) or
-# separator characters besides the plain space, which could make it say something it does not.
-_UNREADABLE = re.compile(
-    r"[\x00-\x1f\x7f-\x9f\u00ad\u061c\u180e\u200b-\u200f\u2028-\u202e\u2060-\u206f\ufeff\ufff9-\ufffb]"
-)
+# Text a person reads before approving: no control (Cc), format (Cf: bidi overrides, zero-width)
+# or line/paragraph separator (Zl, Zp) characters, which could make it say something it does not.
+# The Mission CRD checks the same categories (policy.crds), so the API server refuses it too.
+UNREADABLE_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp"})
 MissionPhase = Literal["Proposed", "Approved", "Denied", "Expired", "Revoked"]
 
 
 def readable_text(value: str) -> str:
     """`value` if a person can read it as it will be shown, else ValueError naming the character."""
-    found = _UNREADABLE.search(value)
-    if found is not None:
-        raise ValueError(f"contains the invisible or control character U+{ord(found.group()):04X}")
+    for char in value:
+        if unicodedata.category(char) in UNREADABLE_CATEGORIES:
+            raise ValueError(f"contains the invisible or control character U+{ord(char):04X}")
     return value
 
 
