@@ -351,3 +351,10 @@ def test_lineage_lists_every_descendant_whatever_its_phase() -> None:
     denied = moved(expansion(parent, resource_id="press"), "deny")
     index = MissionIndex([parent, child, grandchild, denied])
     assert [m.key for m in index.lineage_of(KEY)] == [KEY, *sorted([child.key, denied.key]), grandchild.key]
+
+
+def test_the_catalog_under_a_mission_is_what_its_grants_can_reach() -> None:
+    mission = active(approved(BOARD_PACKET))
+    assert mission.reaches("board-packet/finance", "query_financials")
+    assert not mission.reaches("board-packet/finance", "transfer_funds")
+    assert not mission.reaches("board-packet/documents", "query_financials")

@@ -166,6 +166,12 @@ class ActiveMission:
         """`context.mission` of the AuthZEN request: what any PDP decides with."""
         return {"id": self.key, "reference": self.reference, "purpose": self.mission.spec.purpose}
 
+    def reaches(self, server: str, tool: str) -> bool:
+        """Whether some grant (of the mission or an approved expansion) can cover calls of `tool`
+        on `server`: the catalog a tools/list under this mission may show (conditions aside,
+        which need the call's arguments)."""
+        return any(grant.covers(server, tool) for grant in self.grants)
+
     def check_caller(self, subject: object, agent: object, actors: Sequence[str] | None) -> None:
         """Raises MissionRejected unless the token's subject, agent and actor chain are the mission's."""
         spec = self.mission.spec
