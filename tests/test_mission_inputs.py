@@ -132,6 +132,10 @@ HOSTILE_FILES: dict[str, tuple[str | bytes, str]] = {
         "expected a callwarden.io/v1alpha1 Mission",
     ),
     "not-a-mapping": ("- just\n- a list\n", "expected a callwarden.io/v1alpha1 Mission"),
+    "cel-that-does-not-compile": (
+        VALID.replace('resource.id == "board-packet"', "resource.id =="),
+        "spec.scope[1].when",
+    ),
     "bad-namespace": (
         VALID.replace("namespace: board-packet", "namespace: Board_Packet"),
         "metadata.namespace",

@@ -40,7 +40,9 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from yaml.reader import ReaderError
 from yaml.resolver import Resolver
 
+from callwarden.policy.cel import CelCompileError, compile_expression
 from callwarden.policy.model import GROUP_VERSION, McpServer, Mission, ToolPolicy
+from callwarden.policy.pdp import RULE_VARIABLES
 
 MAX_FILE_BYTES: Final = 4 * 1024 * 1024
 MAX_DEPTH: Final = 64  # the data path's JSON-RPC depth bound; configuration needs ~12
@@ -147,11 +149,18 @@ def _mission(data: object, file: str, document: int, collector: _Collector) -> M
         )
         return None
     try:
-        return Mission.model_validate(dict(data), strict=True, by_alias=True, by_name=False)
+        mission = Mission.model_validate(dict(data), strict=True, by_alias=True, by_name=False)
     except ValidationError as error:
         for detail in error.errors():
             collector.problem(file, document, _path(detail["loc"]), _message(detail))
         return None
+    for index, grant in enumerate(mission.spec.scope):  # a reviewer must not approve what cannot run
+        if grant.when is not None:
+            try:
+                compile_expression(grant.when, RULE_VARIABLES)
+            except CelCompileError as error:
+                collector.problem(file, document, f"spec.scope[{index}].when", error.message)
+    return mission
 
 
 # --- Collecting objects ----------------------------------------------------------------------
