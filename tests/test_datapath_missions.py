@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import httpx
+import httpx2
 import orjson
 import pytest
 
@@ -42,14 +42,14 @@ def header(mission: Mission, reference: str | None = None) -> dict[str, str]:
     return {"callwarden-mission": f"{mission.key}; ref={reference or mission_reference(mission.spec)}"}
 
 
-def error_of(response: httpx.Response) -> dict[str, Any]:
+def error_of(response: httpx2.Response) -> dict[str, Any]:
     error: dict[str, Any] = response.json()["error"]
     return error
 
 
 def call(
     dp: DataPath, mission: Mission, *, server: str = "finance", body: bytes = FINANCE_CALL, **token: Any
-) -> httpx.Response:
+) -> httpx2.Response:
     return dp.post(server, body, token=dp.token(server, **token), headers=header(mission))
 
 
