@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import pytest
 
@@ -20,7 +20,7 @@ from callwarden.extauthz.mission import MissionBook
 from callwarden.extauthz.mission_sync import KubeWatchSync, proposer_for
 from callwarden.kube.client import Kube, new_api_client
 from callwarden.policy.decide import Verdict
-from callwarden.policy.mission import OUTSIDE_PREFIX, mission_reference
+from callwarden.policy.mission import OUTSIDE_PREFIX, ActiveMission, child_key, child_spec, mission_reference
 from callwarden.policy.model import Mission
 from callwarden.stores.kube import KubeDocuments
 from callwarden.stores.missions import MissionRecords
@@ -151,6 +151,11 @@ def watched(crds: KubeEnvironment, namespace: str) -> Iterator[KubeWatchSync]:
         sync.stop()
 
 
+def expansion_key(active: ActiveMission, request: dict[str, Any]) -> str:
+    mcp = request["context"]["mcp"]
+    return child_key(active, child_spec(active, mcp["server"], mcp["tool"], request["resource"]))
+
+
 def phase(sync: KubeWatchSync, key: str) -> str | None:
     mission = sync.book.index.get(key)
     return None if mission is None else mission.status.phase
@@ -182,8 +187,10 @@ def test_a_call_outside_the_mission_proposes_its_expansion_in_the_cluster(
         },
     }
     verdict = Verdict(False, "tools/call", "notify_reviewer", None, (f"{OUTSIDE_PREFIX}{key}",), (request,))
-    [child_key] = watched.book.propose_expansions(active, [verdict])
+    child_key = expansion_key(active, request)
+    assert watched.book.propose_expansions(active, [verdict]) == [verdict]
     assert wait_until(lambda: phase(watched, child_key) == "Proposed", timeout=15)
     child = records.get(child_key)
     assert child is not None and child.spec.parent == mission_reference(BOARD_PACKET.spec)
-    assert watched.book.propose_expansions(active, [verdict]) == [child_key]  # proposed once, not again
+    assert watched.book.propose_expansions(active, [verdict]) == [verdict]  # proposed once, not again
+    assert len(records.all(namespace)) == 2

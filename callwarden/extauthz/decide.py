@@ -237,7 +237,7 @@ class Enforcer:
         else:
             verdicts = decide_messages(server, body.messages, claims, mission)
             if mission is not None:
-                self.missions.propose_expansions(mission, verdicts)
+                verdicts = self.missions.propose_expansions(mission, verdicts)
         denied = [v for v in verdicts if not v.allowed]
         outcome = _Outcome(not denied, 200, server=server.key, http_method="POST", verdicts=verdicts)
         outcome.reasons = deciding_reasons(verdicts)

@@ -24,6 +24,7 @@ store as `Proposed`, named after a digest of its spec, so a retried call propose
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 import threading
@@ -32,7 +33,7 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 from callwarden.policy.bundle import CompiledServer
-from callwarden.policy.decide import Verdict
+from callwarden.policy.decide import DENIED, JsonRpcError, Verdict
 from callwarden.policy.mapping.server import actor_chain
 from callwarden.policy.mapping.values import MappingFault
 from callwarden.policy.mission import (
@@ -50,6 +51,9 @@ log = logging.getLogger(__name__)
 MISSION_HEADER: Final = "callwarden-mission"
 MISSION_CLAIM: Final = "mission"
 MAX_HEADER_BYTES: Final = 512
+# Undecided expansions one mission may have: an agent probing outside its task must not be able to
+# flood the store (and the reviewers) with proposals. Past it, the call is denied, proposing nothing.
+MAX_PENDING_EXPANSIONS: Final = 16
 _HEADER: Final = re.compile(
     r"(?P<namespace>[a-z0-9](?:[-a-z0-9]{0,61}[a-z0-9])?)/(?P<name>[a-z0-9](?:[-a-z0-9.]{0,251}[a-z0-9])?)"
     r"[ \t]*;[ \t]*ref=(?P<reference>sha256:[A-Za-z0-9_-]{43})"
@@ -141,12 +145,14 @@ class MissionBook:
         active.check_caller(claims.get(identity.subject_claim), claims.get(identity.agent_claim), actors)
         return active
 
-    def propose_expansions(self, active: ActiveMission, verdicts: Sequence[Verdict]) -> list[str]:
-        """Propose a child mission for each call found outside `active`; the child keys."""
-        proposed: list[str] = []
+    def propose_expansions(self, active: ActiveMission, verdicts: Sequence[Verdict]) -> list[Verdict]:
+        """Propose a child mission for each call found outside `active`. The verdicts, with those
+        whose expansion was not proposed (too many pending) saying so and no longer requestable."""
         outside = f"{OUTSIDE_PREFIX}{active.key}"
+        answered: list[Verdict] = []
         for verdict in verdicts:
             if outside not in verdict.reasons or verdict.tool is None or not verdict.requests:
+                answered.append(verdict)
                 continue
             request = verdict.requests[0]
             spec = child_spec(active, request["context"]["mcp"]["server"], verdict.tool, request["resource"])
@@ -159,11 +165,22 @@ class MissionBook:
                     "spec": spec.model_dump(mode="json", by_alias=True, exclude_none=True),
                 }
             )
-            proposed.append(child.key)
-            if self._proposer is None or self._index.get(child.key) is not None:
-                continue
-            try:
-                self._proposer(child)
-            except Exception:  # the denial stands either way; a reviewer can propose by hand
-                log.exception("could not propose expansion %s of mission %s", child.key, active.key)
-        return proposed
+            if self._index.get(child.key) is None and self._proposer is not None:
+                if self._index.pending_children(active.reference) >= MAX_PENDING_EXPANSIONS:
+                    answered.append(_not_proposed(verdict, active))
+                    continue
+                try:
+                    self._proposer(child)
+                except Exception:  # the denial stands either way; a reviewer can propose by hand
+                    log.exception("could not propose expansion %s of mission %s", child.key, active.key)
+            answered.append(verdict)
+        return answered
+
+
+def _not_proposed(verdict: Verdict, active: ActiveMission) -> Verdict:
+    message = (
+        f"Access to tool {verdict.tool!r} denied: outside mission {active.key}, which already has "
+        f"{MAX_PENDING_EXPANSIONS} expansions pending review; nothing more is proposed until they are decided"
+    )
+    error = JsonRpcError(DENIED, message)
+    return dataclasses.replace(verdict, error=error, requestable=False)

@@ -280,6 +280,14 @@ class MissionIndex:
             frontier = next_frontier
         return found
 
+    def pending_children(self, reference: str) -> int:
+        """How many proposed (undecided) missions name `reference` as their parent."""
+        return sum(
+            1
+            for entry in self._by_key.values()
+            if entry.mission.spec.parent == reference and entry.mission.status.phase == "Proposed"
+        )
+
     def lineage_of(self, key: str) -> list[Mission]:
         """The mission `key` and every mission that names it (or a descendant) as parent, in
         breadth-first key order, whatever their phase: what an auditor reads."""
