@@ -10,7 +10,9 @@ CALLWARDEN_UPDATE_SNAPSHOTS=1, see tests/support/snapshots.py).
 The mesh objects the operator writes (Istio AuthorizationPolicy, Envoy Gateway SecurityPolicy) are
 tested in tests/test_operator_mesh.py against tests/fixtures/mesh-crds/: minimal structural CRDs
 (spec preserved, not validated) that stand in for Istio's and Envoy Gateway's real CRDs, which
-cannot be downloaded here.
+cannot be downloaded here. The chart's ServiceMonitor and PodMonitor are dry-run the same way,
+against the stand-ins in tests/fixtures/monitoring-crds/; the fields the Prometheus Operator acts
+on (selector, port, path) are checked here against the chart's own Service and pods.
 """
 
 from __future__ import annotations
@@ -42,7 +44,11 @@ VARIANTS: Final = {
     "gateway": CHART / "ci" / "gateway-values.yaml",
     "tls": CHART / "ci" / "tls-values.yaml",
     "kind": ROOT / "e2e" / "kind" / "values.yaml",  # what e2e/kind.sh installs
+    "servicemonitor": CHART / "ci" / "servicemonitor-values.yaml",
+    "podmonitor": CHART / "ci" / "podmonitor-values.yaml",
 }
+MONITORING_CRDS: Final = ROOT / "tests" / "fixtures" / "monitoring-crds"  # structural stand-ins
+MONITOR_KINDS: Final = ("ServiceMonitor", "PodMonitor")
 SECURITY_KINDS: Final = ("ClusterRole", "Role", "NetworkPolicy")
 
 
@@ -64,8 +70,10 @@ def rendered(kube: Kube) -> dict[str, list[dict[str, Any]]]:
 
 @pytest.fixture(scope="module")
 def cluster(kube: Kube) -> Kube:
-    """CRDs installed first (the chart's crds/ are the same files), and the namespaces it uses."""
+    """CRDs installed first (the chart's crds/ are the same files, the monitors' are stand-ins),
+    and the namespaces it uses."""
     install_crds(kube)
+    install_crds(kube, MONITORING_CRDS)
     kube.apply(namespace_object(NAMESPACE), namespace_object("board-packet"))
     return kube
 
@@ -217,8 +225,15 @@ def test_tls_without_a_secret_name_is_refused(kube: Kube) -> None:
 
 @pytest.mark.parametrize(
     "setting",
-    ["mesh.mode=linkerd", "extauthz.grpcPort=0", "operator.replicas=0", "extauthz.unknownKey=1"],
-    ids=["unknown-mesh", "port-zero", "no-operator", "unknown-key"],
+    [
+        "mesh.mode=linkerd",
+        "extauthz.grpcPort=0",
+        "operator.replicas=0",
+        "extauthz.unknownKey=1",
+        "metrics.serviceMonitor.interval=soon",
+        "metrics.podMonitor.enabled=yes",
+    ],
+    ids=["unknown-mesh", "port-zero", "no-operator", "unknown-key", "monitor-interval", "monitor-toggle"],
 )
 def test_values_schema_rejects_bad_values(kube: Kube, setting: str) -> None:
     args = ["template", "callwarden", str(CHART), "--set", setting]
@@ -283,3 +298,80 @@ def test_gateway_routes_name_their_mcpserver_for_ext_authz(rendered: dict[str, l
         {"mcp_server": "board-packet/workflow"},
     ]
     assert hcm["http_filters"][0]["typed_config"]["failure_mode_allow"] is False
+
+
+@pytest.mark.parametrize(
+    "variant", [v for v in VARIANTS if v not in ("servicemonitor", "podmonitor")], ids=str
+)
+def test_no_monitor_is_rendered_unless_enabled(
+    rendered: dict[str, list[dict[str, Any]]], variant: str
+) -> None:
+    assert [o for o in rendered[variant] if o["kind"] in MONITOR_KINDS] == []
+
+
+def test_the_service_monitor_scrapes_the_extauthz_service_metrics(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    (monitor,) = of_kind(rendered["servicemonitor"], "ServiceMonitor")
+    (service,) = of_kind(rendered["servicemonitor"], "Service", "extauthz")
+    selector = monitor["spec"]["selector"]["matchLabels"]
+    assert selector.items() <= service["metadata"]["labels"].items()
+    assert monitor["spec"]["endpoints"] == [
+        {"port": "http", "path": "/metrics", "interval": "30s", "scrapeTimeout": "10s"}
+    ]
+    assert "http" in {port["name"] for port in service["spec"]["ports"]}
+    assert monitor["metadata"]["namespace"] == NAMESPACE
+    assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+
+
+def test_the_pod_monitor_scrapes_the_extauthz_pods_metrics(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    (monitor,) = of_kind(rendered["podmonitor"], "PodMonitor")
+    (deployment,) = of_kind(rendered["podmonitor"], "Deployment", "extauthz")
+    pod = deployment["spec"]["template"]
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+    assert monitor["spec"]["podMetricsEndpoints"] == [{"port": "http", "path": "/metrics", "interval": "1m"}]
+    assert "http" in {port["name"] for port in pod["spec"]["containers"][0]["ports"]}
+    assert of_kind(rendered["podmonitor"], "ServiceMonitor") == []
+
+
+def test_both_monitors_at_once_are_refused(kube: Kube) -> None:
+    both = ["--set", "metrics.serviceMonitor.enabled=true", "--set", "metrics.podMonitor.enabled=true"]
+    result = kube.run_helm("template", "callwarden", str(CHART), *both, check=False)
+    assert result.returncode != 0
+    assert "enable metrics.serviceMonitor or metrics.podMonitor, not both" in result.stderr
+
+
+def notes(cluster: Kube, *settings: str) -> str:
+    """NOTES.txt as `helm install` prints it (a server dry run: nothing is installed)."""
+    args = ["install", "callwarden", str(CHART), "--namespace", NAMESPACE, "--dry-run=server"]
+    for setting in settings:
+        args += ["--set", setting]
+    output = cluster.run_helm(*args).stdout
+    assert "NOTES:" in output
+    return output.split("NOTES:", 1)[1]
+
+
+def test_notes_tell_the_installer_how_to_check_enforcement(cluster: Kube) -> None:
+    text = notes(cluster)
+    assert "kubectl get mcpservers --all-namespaces" in text
+    assert "ENFORCED" in text and ".status.enforcement.reason" in text
+    assert f"kubectl -n {NAMESPACE} rollout status deployment/callwarden-operator" in text
+    assert f"kubectl -n {NAMESPACE} rollout status deployment/callwarden-extauthz" in text
+    assert "mesh.mode=none: the operator wires no Envoy" in text
+
+
+@pytest.mark.parametrize(
+    ("settings", "said"),
+    [
+        (("mesh.mode=istio",), 'the extension provider "callwarden-ext-authz"'),
+        (("mesh.mode=envoy-gateway",), "ReferenceGrant"),
+        (("mesh.mode=gateway",), "calls through the Service callwarden-gateway are checked"),
+        (("metrics.serviceMonitor.enabled=true",), "The ServiceMonitor callwarden-extauthz"),
+        ((), "set metrics.serviceMonitor.enabled=true"),
+    ],
+    ids=["istio", "envoy-gateway", "gateway", "servicemonitor", "no-monitor"],
+)
+def test_notes_say_what_the_chosen_settings_still_need(
+    cluster: Kube, settings: tuple[str, ...], said: str
+) -> None:
+    assert said in notes(cluster, *settings)

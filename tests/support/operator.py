@@ -87,9 +87,10 @@ def admin_api(kube: KubeEnv) -> Kube:
     return Kube(new_api_client(str(kube.kubeconfig)))
 
 
-def install_crds(kube: KubeEnv) -> None:
-    kube.kubectl("apply", "--server-side", "-f", str(CRDS))
-    for path in sorted(CRDS.glob("*.yaml")):
+def install_crds(kube: KubeEnv, directory: Path = CRDS) -> None:
+    """Applies every CRD in `directory` (callwarden's own by default) and waits until each is served."""
+    kube.kubectl("apply", "--server-side", "-f", str(directory))
+    for path in sorted(directory.glob("*.yaml")):
         name = yaml.safe_load(path.read_text())["metadata"]["name"]
         kube.kubectl("wait", "--for=condition=Established", f"crd/{name}", "--timeout=60s")
 
