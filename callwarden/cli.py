@@ -208,6 +208,7 @@ def _command_operator(args: argparse.Namespace) -> int:
         retry_period=args.retry_period,
         resync_seconds=args.resync_seconds,
         liveness=args.liveness,
+        metrics_listen=args.metrics_listen,
         mesh=MeshOptions(
             mode=args.mesh, extauthz_service=args.extauthz_service, istio_provider=args.istio_provider
         ),
@@ -355,6 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--resync-seconds", type=float, default=60.0, help="reconcile every namespace this often (default 60)"
     )
     operator.add_argument("--liveness", help="kopf liveness endpoint, e.g. http://0.0.0.0:8080/healthz")
+    operator.add_argument("--metrics-listen", help="serve Prometheus metrics on HOST:PORT (default: off)")
     _add_mesh_arguments(operator)
     operator.set_defaults(handler=_command_operator)
 

@@ -309,29 +309,65 @@ def test_no_monitor_is_rendered_unless_enabled(
     assert [o for o in rendered[variant] if o["kind"] in MONITOR_KINDS] == []
 
 
-def test_the_service_monitor_scrapes_the_extauthz_service_metrics(
-    rendered: dict[str, list[dict[str, Any]]],
+# component -> the port its /metrics is on (a named port of its pods, and of its Service).
+METRICS_PORTS: Final = {"extauthz": "http", "operator": "metrics"}
+
+
+@pytest.mark.parametrize("component", list(METRICS_PORTS), ids=str)
+def test_a_service_monitor_scrapes_each_components_service(
+    rendered: dict[str, list[dict[str, Any]]], component: str
 ) -> None:
-    (monitor,) = of_kind(rendered["servicemonitor"], "ServiceMonitor")
-    (service,) = of_kind(rendered["servicemonitor"], "Service", "extauthz")
+    found = rendered["servicemonitor"]
+    (monitor,) = of_kind(found, "ServiceMonitor", component)
+    port = METRICS_PORTS[component]
     selector = monitor["spec"]["selector"]["matchLabels"]
-    assert selector.items() <= service["metadata"]["labels"].items()
-    assert monitor["spec"]["endpoints"] == [
-        {"port": "http", "path": "/metrics", "interval": "30s", "scrapeTimeout": "10s"}
+    (service,) = [
+        o for o in of_kind(found, "Service", component) if selector.items() <= o["metadata"]["labels"].items()
     ]
-    assert "http" in {port["name"] for port in service["spec"]["ports"]}
+    assert port in {p["name"] for p in service["spec"]["ports"]}
+    (deployment,) = of_kind(found, "Deployment", component)
+    pod = deployment["spec"]["template"]
+    assert service["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
+    assert port in {p["name"] for p in pod["spec"]["containers"][0]["ports"]}
+    assert monitor["spec"]["endpoints"] == [
+        {"port": port, "path": "/metrics", "interval": "30s", "scrapeTimeout": "10s"}
+    ]
     assert monitor["metadata"]["namespace"] == NAMESPACE
     assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
 
 
-def test_the_pod_monitor_scrapes_the_extauthz_pods_metrics(rendered: dict[str, list[dict[str, Any]]]) -> None:
-    (monitor,) = of_kind(rendered["podmonitor"], "PodMonitor")
-    (deployment,) = of_kind(rendered["podmonitor"], "Deployment", "extauthz")
+@pytest.mark.parametrize("component", list(METRICS_PORTS), ids=str)
+def test_a_pod_monitor_scrapes_each_components_pods(
+    rendered: dict[str, list[dict[str, Any]]], component: str
+) -> None:
+    found = rendered["podmonitor"]
+    (monitor,) = of_kind(found, "PodMonitor", component)
+    (deployment,) = of_kind(found, "Deployment", component)
     pod = deployment["spec"]["template"]
+    port = METRICS_PORTS[component]
     assert monitor["spec"]["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
-    assert monitor["spec"]["podMetricsEndpoints"] == [{"port": "http", "path": "/metrics", "interval": "1m"}]
-    assert "http" in {port["name"] for port in pod["spec"]["containers"][0]["ports"]}
-    assert of_kind(rendered["podmonitor"], "ServiceMonitor") == []
+    assert monitor["spec"]["podMetricsEndpoints"] == [{"port": port, "path": "/metrics", "interval": "1m"}]
+    assert port in {p["name"] for p in pod["spec"]["containers"][0]["ports"]}
+    assert of_kind(found, "ServiceMonitor") == []
+
+
+def test_the_operator_serves_its_metrics_on_the_metrics_port(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    (deployment,) = of_kind(rendered["default"], "Deployment", "operator")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert "--metrics-listen=0.0.0.0:8081" in container["args"]
+    assert {"name": "metrics", "containerPort": 8081} in container["ports"]
+
+
+def test_the_operator_metrics_service_comes_only_with_service_monitors(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    def operator_services(variant: str) -> list[str]:
+        return [o["metadata"]["name"] for o in of_kind(rendered[variant], "Service", "operator")]
+
+    assert operator_services("servicemonitor") == ["callwarden-operator-metrics"]
+    assert operator_services("podmonitor") == operator_services("default") == []
 
 
 def test_both_monitors_at_once_are_refused(kube: Kube) -> None:
@@ -366,10 +402,14 @@ def test_notes_tell_the_installer_how_to_check_enforcement(cluster: Kube) -> Non
         (("mesh.mode=istio",), 'the extension provider "callwarden-ext-authz"'),
         (("mesh.mode=envoy-gateway",), "ReferenceGrant"),
         (("mesh.mode=gateway",), "calls through the Service callwarden-gateway are checked"),
-        (("metrics.serviceMonitor.enabled=true",), "The ServiceMonitor callwarden-extauthz"),
+        (
+            ("metrics.serviceMonitor.enabled=true",),
+            "ServiceMonitors callwarden-extauthz and callwarden-operator",
+        ),
+        (("metrics.podMonitor.enabled=true",), "PodMonitors callwarden-extauthz and callwarden-operator"),
         ((), "set metrics.serviceMonitor.enabled=true"),
     ],
-    ids=["istio", "envoy-gateway", "gateway", "servicemonitor", "no-monitor"],
+    ids=["istio", "envoy-gateway", "gateway", "servicemonitor", "podmonitor", "no-monitor"],
 )
 def test_notes_say_what_the_chosen_settings_still_need(
     cluster: Kube, settings: tuple[str, ...], said: str

@@ -160,8 +160,10 @@ class OperatorProcess:
         identity: str,
         lease_name: str = "callwarden-operator",
         resync_seconds: float = 5.0,
+        metrics_port: int | None = None,
     ) -> None:
         self.identity = identity
+        self.metrics_port = metrics_port
         self.log_path = workdir / f"operator-{identity}.log"
         self.argv = [
             sys.executable,
@@ -174,6 +176,7 @@ class OperatorProcess:
             f"--identity={identity}",
             f"--resync-seconds={resync_seconds}",
             *FAST_LEASE,
+            *([f"--metrics-listen=127.0.0.1:{metrics_port}"] if metrics_port is not None else []),
         ]
         self._process: subprocess.Popen[bytes] | None = None
         self._terminated = False
