@@ -313,6 +313,14 @@ def test_no_monitor_is_rendered_unless_enabled(
 METRICS_PORTS: Final = {"extauthz": "http", "operator": "metrics"}
 
 
+def pod_template(found: list[dict[str, Any]], component: str) -> dict[str, Any]:
+    """The pod template of the component's Deployment, asserting that it names its metrics port."""
+    (deployment,) = of_kind(found, "Deployment", component)
+    pod: dict[str, Any] = deployment["spec"]["template"]
+    assert METRICS_PORTS[component] in {p["name"] for p in pod["spec"]["containers"][0]["ports"]}
+    return pod
+
+
 @pytest.mark.parametrize("component", list(METRICS_PORTS), ids=str)
 def test_a_service_monitor_scrapes_each_components_service(
     rendered: dict[str, list[dict[str, Any]]], component: str
@@ -325,10 +333,8 @@ def test_a_service_monitor_scrapes_each_components_service(
         o for o in of_kind(found, "Service", component) if selector.items() <= o["metadata"]["labels"].items()
     ]
     assert port in {p["name"] for p in service["spec"]["ports"]}
-    (deployment,) = of_kind(found, "Deployment", component)
-    pod = deployment["spec"]["template"]
+    pod = pod_template(found, component)
     assert service["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
-    assert port in {p["name"] for p in pod["spec"]["containers"][0]["ports"]}
     assert monitor["spec"]["endpoints"] == [
         {"port": port, "path": "/metrics", "interval": "30s", "scrapeTimeout": "10s"}
     ]
@@ -342,12 +348,10 @@ def test_a_pod_monitor_scrapes_each_components_pods(
 ) -> None:
     found = rendered["podmonitor"]
     (monitor,) = of_kind(found, "PodMonitor", component)
-    (deployment,) = of_kind(found, "Deployment", component)
-    pod = deployment["spec"]["template"]
+    pod = pod_template(found, component)
     port = METRICS_PORTS[component]
     assert monitor["spec"]["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
     assert monitor["spec"]["podMetricsEndpoints"] == [{"port": port, "path": "/metrics", "interval": "1m"}]
-    assert port in {p["name"] for p in pod["spec"]["containers"][0]["ports"]}
     assert of_kind(found, "ServiceMonitor") == []
 
 
