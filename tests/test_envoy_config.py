@@ -40,8 +40,13 @@ def virtual_hosts(bootstrap: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {vhost["name"]: vhost for vhost in connection_manager(bootstrap)["route_config"]["virtual_hosts"]}
 
 
+def mcp_routes(vhost: dict[str, Any]) -> list[dict[str, Any]]:
+    """The MCP routes of a virtual host (not the metadata documents served beside them)."""
+    return [route for route in vhost["routes"] if "direct_response" not in route]
+
+
 def route_names(vhost: dict[str, Any]) -> list[str]:
-    return [route["name"] for route in vhost["routes"]]
+    return [route["name"] for route in mcp_routes(vhost)]
 
 
 def clusters(bootstrap: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -84,7 +89,7 @@ def test_each_route_names_its_server_and_carries_its_body_limit() -> None:
     finance = mcp_server(
         "finance", UPSTREAM, namespace="acme", path_prefix="/finance", max_request_bytes=4096
     )
-    [route] = virtual_hosts(render(finance))["*"]["routes"]
+    [route] = mcp_routes(virtual_hosts(render(finance))["*"])
     settings = route["typed_per_filter_config"][EXT_AUTHZ_FILTER]["check_settings"]
     assert settings["context_extensions"] == {CONTEXT_SERVER_KEY: "acme/finance"}
     assert settings["with_request_body"] == {
@@ -96,7 +101,7 @@ def test_each_route_names_its_server_and_carries_its_body_limit() -> None:
 
 
 def test_routes_have_no_overall_timeout_so_sse_streams_stay_open() -> None:
-    [route] = virtual_hosts(render(mcp_server("a", UPSTREAM)))["*"]["routes"]
+    [route] = mcp_routes(virtual_hosts(render(mcp_server("a", UPSTREAM)))["*"])
     assert route["route"]["timeout"] == "0s"
     assert route["route"]["idle_timeout"] == "3600s"
     assert connection_manager(render(mcp_server("a", UPSTREAM)))["stream_idle_timeout"] == "3600s"
@@ -113,7 +118,7 @@ def test_routes_have_no_overall_timeout_so_sse_streams_stay_open() -> None:
     ids=["root", "plain", "trailing-slash", "nested"],
 )
 def test_path_prefixes_match_whole_segments(prefix: str, match: dict[str, str]) -> None:
-    [route] = virtual_hosts(render(mcp_server("a", UPSTREAM, path_prefix=prefix)))["*"]["routes"]
+    [route] = mcp_routes(virtual_hosts(render(mcp_server("a", UPSTREAM, path_prefix=prefix)))["*"])
     assert route["match"] == match
 
 

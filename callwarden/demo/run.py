@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import IO, Any, Final, Literal, Protocol
 
 from callwarden.demo.agent import AgentRun, Outcome, ToolCall, run_agent
+from callwarden.demo.dpop import DpopKey
 from callwarden.demo.issuers import RunningIssuers, start_issuers
 from callwarden.demo.servers import RunningServers, start_servers
 from callwarden.extauthz.service import Gateway, start_gateway
@@ -39,7 +40,8 @@ class Session:
     roles: tuple[str, ...]
     calls: tuple[tuple[ToolCall, str], ...]  # each call with the outcome the scenario expects
     client_id: str = AGENT
-    credential: Literal["valid", "none", "expired"] = "valid"  # which token the agent presents
+    # Which token the agent presents; "stolen": a DPoP-bound token replayed as Bearer, without its key.
+    credential: Literal["valid", "none", "expired", "stolen"] = "valid"
 
 
 SCENARIO: Final = (
@@ -98,6 +100,14 @@ SCENARIO: Final = (
         ((ToolCall("query_financials", {"period": "2026-Q3", "entity": "example-corp"}), "unauthenticated"),),
         credential="expired",
     ),
+    Session(
+        "stolen DPoP-bound token, finance",
+        "finance",
+        "alice",
+        ("analyst",),
+        ((ToolCall("query_financials", {"period": "2026-Q3", "entity": "example-corp"}), "unauthenticated"),),
+        credential="stolen",
+    ),
 )
 
 
@@ -146,14 +156,21 @@ def localize(config: Config, servers: Upstreams, issuers: Issuers) -> Config:
     return config_from_objects(objects)
 
 
-def _token(session: Session, issuers: RunningIssuers, bundle: Bundle) -> str | None:
+def _token(session: Session, issuers: RunningIssuers, bundle: Bundle, key: DpopKey | None) -> str | None:
     if session.credential == "none":
         return None
     resource = bundle.servers[f"{NAMESPACE}/{session.server}"].server.spec.resource
     ttl = -120 if session.credential == "expired" else 300
+    bound = {"cnf": {"jkt": key.jkt}} if key is not None else None  # RFC 9449 §6: bound to the key
     return issuers[session.server].mint(
-        session.sub, resource, session.client_id, roles=session.roles, ttl=ttl
+        session.sub, resource, session.client_id, roles=session.roles, ttl=ttl, extra=bound
     )
+
+
+def _dpop_key(bundle: Bundle, session: Session) -> DpopKey | None:
+    """The agent's proof key, for a server that takes DPoP: its tokens are bound to it."""
+    server = bundle.servers[f"{NAMESPACE}/{session.server}"].server
+    return None if server.spec.dpop.mode == "disabled" else DpopKey.generate()
 
 
 def _run_session(session: Session, gateway: Gateway, issuers: RunningIssuers, bundle: Bundle) -> AgentRun:
@@ -161,7 +178,10 @@ def _run_session(session: Session, gateway: Gateway, issuers: RunningIssuers, bu
     path = server.spec.route.path_prefix
     host = server.spec.route.hosts[0] if server.spec.route.hosts else None
     calls = [call for call, _ in session.calls]
-    return run_agent(gateway.url + path, _token(session, issuers, bundle), calls, host=host)
+    key = _dpop_key(bundle, session)
+    token = _token(session, issuers, bundle, key)
+    proving = None if session.credential == "stolen" else key  # the thief has the token, not the key
+    return run_agent(gateway.url + path, token, calls, host=host, dpop=proving)
 
 
 def _reason(outcome: Outcome, decisions: Mapping[str, Mapping[str, Any]]) -> str:

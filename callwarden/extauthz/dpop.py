@@ -50,14 +50,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from callwarden.extauthz import metrics
-from callwarden.extauthz.token import (
-    _KNOWN_ALGORITHMS,
-    _PRIVATE_MEMBERS,
-    MAX_JSON_DEPTH,
-    JwkIgnored,
-    _b64url_decode,
-    parse_jwk,
-)
+from callwarden.extauthz.jose import KNOWN_ALGORITHMS, PRIVATE_MEMBERS, JwkIgnored, b64url_decode, parse_jwk
 from callwarden.policy import strictjson
 from callwarden.policy.model import Dpop
 
@@ -67,6 +60,8 @@ MAX_PROOF_CHARS: Final = 8 * 1024
 # RFC 9449 §11.1: a server may refuse over-long `jti` values (only their hash is stored anyway).
 MAX_JTI_CHARS: Final = 256
 MAX_HTU_CHARS: Final = 4096
+# A proof is flat but for the header's `jwk` object.
+MAX_PROOF_JSON_DEPTH: Final = 4
 # How far in the future `iat` may be (client clocks run fast), never more than `maxAge`.
 FUTURE_SKEW: Final = 60.0
 NONCE_LABEL: Final = b"callwarden dpop nonce v1\x00"
@@ -275,7 +270,7 @@ class NonceIssuer:
 
     def valid(self, nonce: str) -> bool:
         try:
-            raw = _b64url_decode(nonce) if len(nonce) == 32 else b""
+            raw = b64url_decode(nonce) if len(nonce) == 32 else b""
         except ValueError:
             return False
         if len(raw) != 24:
@@ -430,9 +425,9 @@ class DpopVerifier:
             raise _invalid_proof("DPoP proof is not one compact JWS", "malformed")
         header_part, payload_part, signature_part = proof.split(".")
         try:
-            header = strictjson.loads(_b64url_decode(header_part), max_depth=MAX_JSON_DEPTH)
-            claims = strictjson.loads(_b64url_decode(payload_part), max_depth=MAX_JSON_DEPTH)
-            signature = _b64url_decode(signature_part)
+            header = strictjson.loads(b64url_decode(header_part), max_depth=MAX_PROOF_JSON_DEPTH)
+            claims = strictjson.loads(b64url_decode(payload_part), max_depth=MAX_PROOF_JSON_DEPTH)
+            signature = b64url_decode(signature_part)
         except (ValueError, strictjson.JsonRejected):
             raise _invalid_proof(
                 "DPoP proof is not canonical base64url over strict JSON", "malformed"
@@ -447,7 +442,7 @@ class DpopVerifier:
                 raise _invalid_proof(
                     f"DPoP proof algorithm {alg} is never accepted (not asymmetric)", "algorithm"
                 )
-            shown = alg if isinstance(alg, str) and alg in _KNOWN_ALGORITHMS else "in the proof header"
+            shown = alg if isinstance(alg, str) and alg in KNOWN_ALGORITHMS else "in the proof header"
             raise _invalid_proof(f"DPoP proof algorithm {shown} not allowed", "algorithm")
         if "crit" in header:
             raise _invalid_proof(
@@ -456,7 +451,7 @@ class DpopVerifier:
         key_jwk = header.get("jwk")
         if not isinstance(key_jwk, dict):
             raise _invalid_proof("DPoP proof header has no public key (jwk)", "key")
-        if _PRIVATE_MEMBERS & key_jwk.keys():
+        if PRIVATE_MEMBERS & key_jwk.keys():
             raise _invalid_proof("DPoP proof key (jwk) carries private key material", "private-key")
         try:
             key = parse_jwk(key_jwk)
