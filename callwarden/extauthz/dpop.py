@@ -34,6 +34,7 @@ verifies a nonce another one issued, and a nonce of one McpServer is worthless a
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import json
@@ -50,7 +51,14 @@ from pathlib import Path
 from typing import Any, Final
 
 from callwarden.extauthz import metrics
-from callwarden.extauthz.jose import KNOWN_ALGORITHMS, PRIVATE_MEMBERS, JwkIgnored, b64url_decode, parse_jwk
+from callwarden.extauthz.jose import (
+    KNOWN_ALGORITHMS,
+    PRIVATE_MEMBERS,
+    JwkIgnored,
+    Verifier,
+    b64url_decode,
+    parse_jwk,
+)
 from callwarden.policy import strictjson
 from callwarden.policy.model import Dpop
 
@@ -69,6 +77,8 @@ MIN_NONCE_KEY_BYTES: Final = 32
 # Enough for a busy replica's window of proofs; beyond it the oldest entries go first
 # (counted in callwarden_dpop_replay_evictions_total) and the `iat` window still bounds replay.
 DEFAULT_REPLAY_ENTRIES: Final = 200_000
+# Distinct proof headers (client keys) whose parsed key is kept, per McpServer.
+HEADER_CACHE_SIZE: Final = 4096
 
 _REQUIRED_MEMBERS: Final = {
     "EC": ("crv", "kty", "x", "y"),
@@ -163,6 +173,7 @@ def _remove_dot_segments(path: str) -> str:
     return "/" + "/".join(output)
 
 
+@functools.lru_cache(maxsize=4096)  # the same few request URIs and htu values, again and again
 def normalise_uri(uri: str, *, merge_slashes: bool = False) -> str:
     """`scheme://authority/path` of an absolute http(s) URI, normalised for comparison.
 
@@ -354,6 +365,20 @@ class Proof:
         return {"jkt": self.jkt, "jwk": dict(self.jwk), "alg": self.alg}
 
 
+@dataclass(frozen=True)
+class _Header:
+    """A proof header that passed its checks: what verifying a proof under it needs."""
+
+    alg: str
+    verifier: Verifier
+    thumbprint: str
+    members: Mapping[str, str]
+
+
+def _malformed() -> ProofRejected:
+    return _invalid_proof("DPoP proof is not canonical base64url over strict JSON", "malformed")
+
+
 _MISSING: Final = object()
 _ASYMMETRIC_HINT: Final = frozenset({"none", "HS256", "HS384", "HS512"})
 
@@ -380,6 +405,8 @@ class DpopVerifier:
         self._future = min(FUTURE_SKEW, self.max_age)
         self._replay = runtime.replay
         self._clock = clock
+        # Successful header parses only (lru_cache keeps no exceptions); thread-safe.
+        self._header = functools.lru_cache(maxsize=HEADER_CACHE_SIZE)(self._parse_header)
         self.nonces = (
             NonceIssuer(runtime.nonce_keys, server, self.max_age, clock=clock)
             if config.nonce.enabled
@@ -399,9 +426,9 @@ class DpopVerifier:
         ProofRejected. `proof_header` is the `DPoP` header as Envoy hands it over (repeated
         headers joined by ","), `uri` the request URI (`request_uri`), `jkt` the token's
         `cnf.jkt` (None when the token has none)."""
-        claims, key_jwk, alg = self._parse(proof_header)
+        claims, header = self._parse(proof_header)
         self._check_claims(claims, method=method, uri=uri, token=token)
-        thumbprint = jwk_thumbprint(key_jwk)
+        thumbprint = header.thumbprint
         if jkt is None:
             raise ProofRejected(
                 "invalid_token", "the access token is not DPoP-bound (no cnf.jkt)", reason="dpop-unbound"
@@ -410,10 +437,9 @@ class DpopVerifier:
             raise ProofRejected("invalid_token", "Invalid DPoP key binding", reason="dpop-binding")
         if not self._replay.first_use(self.server, claims["jti"], self.max_age + self._future):
             raise _invalid_proof("DPoP proof replayed (jti already used)", "replay")
-        members = {name: key_jwk[name] for name in _REQUIRED_MEMBERS[key_jwk["kty"]]}
-        return Proof(thumbprint, members, alg)
+        return Proof(thumbprint, header.members, header.alg)
 
-    def _parse(self, proof_header: str | None) -> tuple[dict[str, Any], dict[str, Any], str]:
+    def _parse(self, proof_header: str | None) -> tuple[dict[str, Any], _Header]:
         if proof_header is None or not proof_header.strip():
             raise _invalid_proof("no DPoP proof (DPoP header) with a DPoP-bound token", "missing")
         if len(proof_header) > MAX_PROOF_CHARS:
@@ -424,15 +450,27 @@ class DpopVerifier:
         if not _PROOF_CHARS.fullmatch(proof):
             raise _invalid_proof("DPoP proof is not one compact JWS", "malformed")
         header_part, payload_part, signature_part = proof.split(".")
+        header = self._header(header_part)
         try:
-            header = strictjson.loads(b64url_decode(header_part), max_depth=MAX_PROOF_JSON_DEPTH)
             claims = strictjson.loads(b64url_decode(payload_part), max_depth=MAX_PROOF_JSON_DEPTH)
             signature = b64url_decode(signature_part)
         except (ValueError, strictjson.JsonRejected):
-            raise _invalid_proof(
-                "DPoP proof is not canonical base64url over strict JSON", "malformed"
-            ) from None
-        if not isinstance(header, dict) or not isinstance(claims, dict):
+            raise _malformed() from None
+        if not isinstance(claims, dict):
+            raise _invalid_proof("DPoP proof header and claims must be JSON objects", "malformed")
+        if not header.verifier(f"{header_part}.{payload_part}".encode("ascii"), signature):
+            raise _invalid_proof("DPoP proof signature invalid", "signature")
+        return claims, header
+
+    def _parse_header(self, header_part: str) -> _Header:
+        """Checks 4, 5 and 7 and the key; cached by the header's text (`_header`), because a
+        client signs every proof with the same key and header: parsing a public key costs
+        about a third of verifying the signature."""
+        try:
+            header = strictjson.loads(b64url_decode(header_part), max_depth=MAX_PROOF_JSON_DEPTH)
+        except (ValueError, strictjson.JsonRejected):
+            raise _malformed() from None
+        if not isinstance(header, dict):
             raise _invalid_proof("DPoP proof header and claims must be JSON objects", "malformed")
         if header.get("typ") != PROOF_TYPE:
             raise _invalid_proof(f"DPoP proof type (typ) is not {PROOF_TYPE}", "type")
@@ -460,9 +498,8 @@ class DpopVerifier:
         verifier = key.verifiers.get(alg)
         if verifier is None:
             raise _invalid_proof(f"DPoP proof key (jwk) cannot be used with {alg}", "algorithm")
-        if not verifier(f"{header_part}.{payload_part}".encode("ascii"), signature):
-            raise _invalid_proof("DPoP proof signature invalid", "signature")
-        return claims, key_jwk, alg
+        members = {name: key_jwk[name] for name in _REQUIRED_MEMBERS[key_jwk["kty"]]}
+        return _Header(alg, verifier, jwk_thumbprint(key_jwk), members)
 
     def _check_claims(self, claims: dict[str, Any], *, method: str, uri: str, token: str) -> None:
         for name in ("jti", "htm", "htu", "ath"):
