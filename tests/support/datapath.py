@@ -166,7 +166,7 @@ def start_datapath(
     jwks: JwksStore | None = None,
     remote_pdp: RemotePdpFactory | None = None,
     transport: str = "grpc",
-    dpop: bool = False,
+    dpop: bool | Dpop = False,
 ) -> Iterator[DataPath]:
     """The board-packet scenario behind real Envoy, on free loopback ports, until the block exits.
 
@@ -174,8 +174,9 @@ def start_datapath(
     `jwks` is a configured key store (e.g. short refresh intervals) the caller closes;
     `remote_pdp` builds the PDP of servers whose spec names `pdp.authzen` (see `DataPath.config`);
     `transport` is how Envoy asks the checker ("grpc" or "http" ext_authz).
-    `dpop` keeps the example's `spec.dpop` (finance requires DPoP); by default it is dropped, so
-    tests of bearer tokens and of Layer 2 send plain `Bearer` tokens to every server.
+    `dpop`: True keeps the example's `spec.dpop` (finance requires DPoP), a `Dpop` gives every
+    server that one; by default (False) DPoP is off everywhere, so tests of bearer tokens and of
+    Layer 2 send plain `Bearer` tokens to every server.
     """
     with ExitStack() as stack:
         servers = stack.enter_context(start_servers(dict.fromkeys(SERVERS, 0)))
@@ -184,8 +185,8 @@ def start_datapath(
         if trusted is None:
             trusted = demo_issuers = stack.enter_context(start_issuers(dict.fromkeys(DEFAULT_ISSUERS, 0)))
         config = localize(load_config([EXAMPLE]), servers, trusted)
-        if not dpop:
-            config = without_dpop(config)
+        if dpop is not True:
+            config = with_dpop(config, Dpop() if dpop is False else dpop)
         bundle = compile_bundle(config, remote_pdp=remote_pdp)
         audit_path = workdir / "decisions.jsonl"
         gateway = stack.enter_context(
@@ -197,10 +198,10 @@ def start_datapath(
         yield DataPath(gateway, servers, bundle, audit_path, client, demo_issuers, config)
 
 
-def without_dpop(config: Config) -> Config:
-    """The configuration with every McpServer's `spec.dpop` back to its default (disabled)."""
+def with_dpop(config: Config, dpop: Dpop) -> Config:
+    """The configuration with every McpServer's `spec.dpop` set to `dpop`."""
     servers = {
-        key: server.model_copy(update={"spec": server.spec.model_copy(update={"dpop": Dpop()})})
+        key: server.model_copy(update={"spec": server.spec.model_copy(update={"dpop": dpop})})
         for key, server in config.servers.items()
     }
     return replace(config, servers=servers)
