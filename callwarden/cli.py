@@ -119,7 +119,7 @@ def _wait_for_signal() -> None:
 
 def _remote_pdps() -> RemotePdpFactory:
     """The remote-PDP factory of a serving process, reporting to its Prometheus metrics."""
-    from callwarden.authzen.client import RemotePdps  # noqa: PLC0415 (httpx only when serving)
+    from callwarden.authzen.client import RemotePdps  # noqa: PLC0415 (httpx2 only when serving)
     from callwarden.extauthz.metrics import PdpMetrics  # noqa: PLC0415
 
     return RemotePdps(observer=PdpMetrics())

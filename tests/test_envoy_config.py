@@ -7,7 +7,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-import httpx
+import httpx2
 import pytest
 
 from callwarden.extauthz.envoy import (
@@ -269,7 +269,7 @@ def test_several_envoys_run_side_by_side_on_their_own_ports(tmp_path: Path) -> N
     ):
         assert one.listener_port != two.listener_port
         assert one.admin_url != two.admin_url
-        assert httpx.get(two.url + "/elsewhere", trust_env=False).status_code == 404
+        assert httpx2.get(two.url + "/elsewhere", trust_env=False).status_code == 404
 
 
 @pytest.mark.integration

@@ -25,7 +25,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Final
 
-import httpx
+import httpx2
 import pytest
 
 from callwarden.demo.issuers import DEFAULT_ISSUERS, RunningIssuers, start_issuers
@@ -77,7 +77,7 @@ class DataPath:
     servers: RunningServers
     bundle: Bundle
     audit_path: Path
-    client: httpx.Client
+    client: httpx2.Client
     issuers: RunningIssuers | None = None  # the demo issuers, when the test brought none
     config: Config | None = None  # the localized configuration the bundle was compiled from
 
@@ -123,7 +123,7 @@ class DataPath:
         token: str | None = None,
         headers: Mapping[str, str] | None = None,
         path: str = MCP_PATH,
-    ) -> httpx.Response:
+    ) -> httpx2.Response:
         """One HTTP request through Envoy to server `name` (no Authorization when `token` is None)."""
         sent = {"host": self.host(name), "accept": "application/json, text/event-stream"}
         if body:
@@ -135,7 +135,7 @@ class DataPath:
 
     def post(
         self, name: str, body: bytes, *, token: str | None = None, headers: Mapping[str, str] | None = None
-    ) -> httpx.Response:
+    ) -> httpx2.Response:
         return self.send("POST", name, body, token=token, headers=headers)
 
     def executed(self, name: str) -> int:
@@ -153,7 +153,7 @@ class DataPath:
         assert len(lines) == 1, f"{len(lines)} decision log lines for {decision_id}"
         return lines[0]
 
-    def decision_of(self, response: httpx.Response) -> dict[str, Any]:
+    def decision_of(self, response: httpx2.Response) -> dict[str, Any]:
         """The decision log line of a response (deny: ext_authz's header; allow: the server's echo)."""
         return self.decision(response.headers[DECISION_HEADER])
 
@@ -194,7 +194,7 @@ def start_datapath(
                 bundle, workdir / "envoy", audit_path=str(audit_path), jwks=jwks, transport=transport
             )
         )
-        client = stack.enter_context(httpx.Client(timeout=10.0, trust_env=False))
+        client = stack.enter_context(httpx2.Client(timeout=10.0, trust_env=False))
         yield DataPath(gateway, servers, bundle, audit_path, client, demo_issuers, config)
 
 
