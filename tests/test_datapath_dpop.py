@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import httpx
+import httpx2
 import pytest
 
 from callwarden.extauthz.dpop import NonceIssuer
@@ -61,7 +61,7 @@ class Client:
     def proof(self, **overrides: Any) -> str:
         return self.key.proof("POST", URI, self.token, nonce=self.nonce, **overrides)
 
-    def post(self, proof: str | None = None, *, token: str | None = None) -> httpx.Response:
+    def post(self, proof: str | None = None, *, token: str | None = None) -> httpx2.Response:
         headers = {"authorization": f"DPoP {token or self.token}"}
         if proof is not None:
             headers["dpop"] = proof
@@ -75,7 +75,7 @@ class Client:
         return self
 
 
-def _challenge(response: httpx.Response) -> str:
+def _challenge(response: httpx2.Response) -> str:
     assert response.status_code == 401, response.text
     return response.headers["www-authenticate"]
 
