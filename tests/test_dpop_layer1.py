@@ -26,6 +26,7 @@ METADATA = f'resource_metadata="{METADATA_URL}"'
 URI = "https://mcp.example.com/mcp"
 HEADERS = {"x-forwarded-proto": "https"}
 ALGS = 'algs="ES256 PS256"'
+PROOF_ERROR = 'error="invalid_dpop_proof", error_description="why"'
 
 
 @pytest.fixture(scope="module")
@@ -182,7 +183,7 @@ def test_the_request_query_is_ignored_and_the_edge_scheme_counts(
             True,
             "dpop",
             "invalid_dpop_proof",
-            f'Bearer {METADATA}, DPoP {METADATA}, {ALGS}, error="invalid_dpop_proof", error_description="why"',
+            f"Bearer {METADATA}, DPoP {METADATA}, {ALGS}, {PROOF_ERROR}",
         ),
         (
             False,
