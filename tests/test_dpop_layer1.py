@@ -4,11 +4,14 @@ with the error on the scheme attempted, `context.cnf` for the PDP, the metadata,
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from pydantic import ValidationError
 
+from callwarden.cli import main
+from callwarden.demo.run import EXAMPLE
 from callwarden.extauthz.challenge import dpop_www_authenticate
 from callwarden.extauthz.credentials import Authenticated, Authenticator, Unauthenticated
 from callwarden.extauthz.dpop import DpopRuntime, DpopVerifier
@@ -337,3 +340,31 @@ def test_a_mapping_cannot_write_context_cnf(issuer: LocalIssuer) -> None:
     [error] = compile_server(forged, []).mapping.errors
     assert isinstance(error, MappingCompileError)
     assert "context.cnf is set by the PEP" in str(error)
+
+
+# --- the nonce key of a serving process -----------------------------------------------------
+
+
+@pytest.mark.parametrize(("content", "problem"), [(None, "No such file"), (b"short\n", "at least 32 bytes")])
+def test_extauthz_refuses_to_start_with_an_unusable_nonce_key_file(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, content: bytes | None, problem: str
+) -> None:
+    key_file = tmp_path / "nonce-key"
+    if content is not None:
+        key_file.write_bytes(content)
+    args = [
+        "extauthz",
+        "--config",
+        str(EXAMPLE),
+        "--listen",
+        "127.0.0.1:0",
+        "--dpop-nonce-key-file",
+        str(key_file),
+    ]
+    try:
+        code = main(args)
+    except SystemExit as exit:
+        code = int(exit.code or 0)
+    assert code == 2
+    err = capsys.readouterr().err
+    assert f"cannot load DPoP nonce keys from {key_file}" in err and problem in err

@@ -25,10 +25,11 @@ still be accepted.
 
 Replay with N replicas. The `jti` cache is per process, so a captured proof could be replayed
 at most once on each other replica, within `maxAge`, and only for the same method, URI and
-token. Server nonces (`nonce.enabled`) bound that window to the nonce's lifetime without shared
-state: a nonce is an HMAC over a time window and the McpServer, keyed from a secret every
-replica loads (`NonceKeys.from_file`, a Kubernetes Secret the chart creates), so any replica
-verifies a nonce another one issued, and a nonce of one McpServer is worthless at another.
+token. Server nonces (`nonce.enabled`) add server-side freshness without shared state: a proof
+must carry a nonce from the current window, so none can be signed in advance (RFC 9449 §11.1).
+A nonce is an HMAC over a time window and the McpServer, keyed from a secret every replica
+loads (`NonceKeys.from_file`, a Kubernetes Secret the chart creates), so any replica verifies a
+nonce another one issued, and a nonce of one McpServer is worthless at another.
 """
 
 from __future__ import annotations
@@ -380,7 +381,8 @@ def _malformed() -> ProofRejected:
 
 
 _MISSING: Final = object()
-_ASYMMETRIC_HINT: Final = frozenset({"none", "HS256", "HS384", "HS512"})
+# Never acceptable whatever the allowlist says: no signature, or a MAC (RFC 9449 §11.6).
+_NOT_ASYMMETRIC: Final = frozenset({"none", "HS256", "HS384", "HS512"})
 
 
 class DpopVerifier:
@@ -398,8 +400,6 @@ class DpopVerifier:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.server = server
-        self.mode = config.mode
-        self.algorithms = tuple(config.algorithms)
         self._allowed = frozenset(config.algorithms)
         self.max_age = float(config.max_age)
         self._future = min(FUTURE_SKEW, self.max_age)
@@ -407,7 +407,7 @@ class DpopVerifier:
         self._clock = clock
         # Successful header parses only (lru_cache keeps no exceptions); thread-safe.
         self._header = functools.lru_cache(maxsize=HEADER_CACHE_SIZE)(self._parse_header)
-        self.nonces = (
+        self._nonces = (
             NonceIssuer(runtime.nonce_keys, server, self.max_age, clock=clock)
             if config.nonce.enabled
             else None
@@ -476,7 +476,7 @@ class DpopVerifier:
             raise _invalid_proof(f"DPoP proof type (typ) is not {PROOF_TYPE}", "type")
         alg = header.get("alg")
         if not isinstance(alg, str) or alg not in self._allowed:
-            if alg in _ASYMMETRIC_HINT:
+            if alg in _NOT_ASYMMETRIC:
                 raise _invalid_proof(
                     f"DPoP proof algorithm {alg} is never accepted (not asymmetric)", "algorithm"
                 )
@@ -538,13 +538,13 @@ class DpopVerifier:
             raise _invalid_proof("DPoP proof ath does not match the access token", "ath")
 
     def _check_nonce(self, claims: dict[str, Any]) -> None:
-        if self.nonces is None:
+        if self._nonces is None:
             return
         nonce = claims.get("nonce")
         if nonce is None:
             problem = "Resource server requires nonce in DPoP proof"
-        elif not isinstance(nonce, str) or not self.nonces.valid(nonce):
+        elif not isinstance(nonce, str) or not self._nonces.valid(nonce):
             problem = "DPoP proof nonce is invalid or expired"
         else:
             return
-        raise ProofRejected("use_dpop_nonce", problem, reason="dpop-nonce", nonce=self.nonces.issue())
+        raise ProofRejected("use_dpop_nonce", problem, reason="dpop-nonce", nonce=self._nonces.issue())
