@@ -17,6 +17,8 @@ from typing import Any
 import httpx2
 import pytest
 
+from callwarden.demo.agent import ToolCall, run_agent
+from callwarden.demo.dpop import DpopKey
 from callwarden.extauthz.dpop import NonceIssuer
 from callwarden.policy.model import Dpop
 from tests.support.datapath import ALLOWED_CALLS, DataPath, start_datapath, tools_call
@@ -293,3 +295,21 @@ def test_the_nonce_round_trip_works_over_http_ext_authz(over_http: DataPath) -> 
     response = client.post(client.proof())
     assert response.status_code == 200, response.text
     assert json.loads(response.text)["result"]
+
+
+# --- the demo agent (official MCP client) proving possession -----------------------------
+
+
+def test_the_mcp_client_with_a_dpop_key_initializes_lists_and_calls_through_required_finance(
+    shipped: DataPath,
+) -> None:
+    key = DpopKey.generate()
+    token = shipped.token("finance", extra={"cnf": {"jkt": key.jkt}})
+    start = len(shipped.decisions())
+    run = run_agent(
+        shipped.url, token, [ToolCall(*ALLOWED_CALLS["finance"])], host=shipped.host("finance"), dpop=key
+    )
+    assert [outcome.status for outcome in run.outcomes] == ["allowed", "allowed", "allowed"]
+    refused = [line for line in shipped.decisions()[start:] if line["code"] == 401]
+    # One use_dpop_nonce for the session: the nonce is remembered for every later request.
+    assert [line["reasons"] for line in refused] == [["token:dpop-nonce"]]
