@@ -466,3 +466,31 @@ def test_a_short_nonce_key_is_refused(tmp_path: Path) -> None:
     secret.write_bytes(b"short\n")
     with pytest.raises(ValueError, match="at least 32 bytes"):
         NonceKeys.from_file(secret)
+
+
+@pytest.mark.parametrize(
+    ("forwarded", "authority", "accepted"),
+    [
+        ("https", "finance.board.example", True),
+        ("HTTPS", "FINANCE.board.example:443", True),
+        ("https, http", "finance.board.example", True),  # the first hop's scheme
+        ("http", "finance.board.example", False),
+        ("gopher", "finance.board.example", False),
+        ("", "finance.board.example", False),  # falls back to :scheme (http here)
+        ("https", "finance.board.example:8443", False),
+        ("https", "user@finance.board.example", False),
+        ("https", "finance.board.example\u2024", False),
+        ("https", "finance.board.example\r\nx: y", False),
+        ("https", "", False),
+    ],
+)
+def test_the_request_uri_from_hostile_forwarding_headers_never_matches_by_accident(
+    forwarded: str, authority: str, accepted: bool
+) -> None:
+    uri = request_uri({"x-forwarded-proto": forwarded, ":scheme": "http"}, authority, "/mcp")
+    check = verifier()
+    if accepted:
+        assert check.verify(_proof(), method="POST", uri=uri, token=TOKEN, jkt=KEY.jkt)
+    else:
+        refused = rejection(lambda: check.verify(_proof(), method="POST", uri=uri, token=TOKEN, jkt=KEY.jkt))
+        assert refused.reason == "dpop-htu"
