@@ -100,6 +100,30 @@ def test_each_route_names_its_server_and_carries_its_body_limit() -> None:
     assert route["route"]["cluster"] == cluster_name(finance)
 
 
+def test_each_servers_metadata_is_served_beside_its_route_without_ext_authz() -> None:
+    finance = mcp_server("finance", UPSTREAM, hosts=["a.test"], dpop={"mode": "required"})
+    [metadata] = [r for r in virtual_hosts(render(finance))["a.test"]["routes"] if "direct_response" in r]
+    assert metadata["match"] == {"path": "/.well-known/oauth-protected-resource/mcp"}
+    assert metadata["typed_per_filter_config"][EXT_AUTHZ_FILTER]["disabled"] is True
+    document = json.loads(metadata["direct_response"]["body"]["inline_string"])
+    assert document["resource"] == "https://finance.test/mcp"
+    assert document["dpop_bound_access_tokens_required"] is True
+
+
+def test_a_server_whose_metadata_is_published_elsewhere_gets_no_metadata_route() -> None:
+    elsewhere = {"url": "https://docs.example/prm.json"}
+    finance = mcp_server("finance", UPSTREAM, protectedResourceMetadata=elsewhere)
+    assert all("direct_response" not in r for r in virtual_hosts(render(finance))["*"]["routes"])
+
+
+def test_http_ext_authz_forwards_what_a_dpop_check_needs_and_returns_the_nonce() -> None:
+    config = ext_authz_config(render(mcp_server("a", UPSTREAM), transport="http"))
+    forwarded = [p.get("exact") for p in config["allowed_headers"]["patterns"]]
+    assert {"dpop", "x-forwarded-proto"} <= set(forwarded)
+    to_client = config["http_service"]["authorization_response"]["allowed_client_headers"]["patterns"]
+    assert {"exact": "dpop-nonce"} in to_client
+
+
 def test_routes_have_no_overall_timeout_so_sse_streams_stay_open() -> None:
     [route] = mcp_routes(virtual_hosts(render(mcp_server("a", UPSTREAM)))["*"])
     assert route["route"]["timeout"] == "0s"
