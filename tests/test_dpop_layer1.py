@@ -15,7 +15,7 @@ from callwarden.demo.run import EXAMPLE
 from callwarden.extauthz.challenge import dpop_www_authenticate
 from callwarden.extauthz.credentials import Authenticated, Authenticator, Unauthenticated
 from callwarden.extauthz.dpop import DpopRuntime, DpopVerifier
-from callwarden.extauthz.token import JwksStore, TokenValidator
+from callwarden.extauthz.token import JwksStore, TokenRejected, TokenValidator
 from callwarden.policy.bundle import compile_server
 from callwarden.policy.decide import decide
 from callwarden.policy.mapping import MappingCompileError
@@ -368,3 +368,14 @@ def test_extauthz_refuses_to_start_with_an_unusable_nonce_key_file(
     assert code == 2
     err = capsys.readouterr().err
     assert f"cannot load DPoP nonce keys from {key_file}" in err and problem in err
+
+
+def test_the_claims_of_an_allowed_dpop_request_can_be_read_again_without_replaying_its_proof(
+    issuer: LocalIssuer, store: JwksStore
+) -> None:
+    layer1 = _authenticator(issuer, store, mode="required")
+    headers = _dpop(issuer, ProofKey())
+    allowed = _run(layer1, headers)
+    assert layer1.token_claims(headers["authorization"]) == allowed.claims
+    with pytest.raises(TokenRejected):
+        _authenticator(issuer, store).token_claims(headers["authorization"])  # DPoP disabled

@@ -119,6 +119,15 @@ class Authenticator:
                 unauthenticated.headers[DPOP_NONCE_HEADER] = refused.nonce
             raise unauthenticated from None
 
+    def token_claims(self, authorization: str | None) -> dict[str, Any]:
+        """The validated claims of a request ext_authz already allowed (ext_proc, which sees the
+        same request again): the token however this server accepts it, the proof not checked
+        again (it was, and a proof is good once: a second check would call it a replay)."""
+        scheme, token = split_authorization(authorization)
+        if scheme == "bearer" or (scheme == "dpop" and self._mode != "disabled"):
+            return self.validator.validate_token(token)
+        raise TokenRejected("invalid_request", "unsupported authorization scheme", reason="scheme")
+
     def _bearer(self, token: str) -> Authenticated:
         if self._mode == "required":
             raise TokenRejected(
