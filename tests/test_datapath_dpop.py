@@ -107,6 +107,27 @@ def test_the_nonce_round_trip_reaches_the_tool_with_the_key_in_context_cnf(shipp
     assert request["context"]["cnf"] == {"jkt": client.key.jkt, "jwk": client.key.jwk, "alg": "ES256"}
 
 
+def _previous_window_nonce(dp: DataPath) -> str:
+    """A nonce finance issued in the last window: still valid, about to expire."""
+    keys = dp.gateway.ext_authz.dpop.nonce_keys
+    return NonceIssuer(keys, "board-packet/finance", 60, clock=lambda: time.time() - 60).issue()
+
+
+@pytest.mark.parametrize("transport", ["shipped", "over_http"])
+def test_an_allowed_request_with_an_ageing_nonce_gets_the_current_one(
+    transport: str, request: pytest.FixtureRequest
+) -> None:
+    dp: DataPath = request.getfixturevalue(transport)
+    client = Client(dp)
+    client.nonce = _previous_window_nonce(dp)
+    response = client.post(client.proof())
+    assert response.status_code == 200, response.text
+    client.nonce = response.headers["dpop-nonce"]
+    again = client.post(client.proof())
+    assert again.status_code == 200
+    assert "dpop-nonce" not in again.headers  # the current one needs no replacement
+
+
 def test_an_eddsa_proof_is_accepted_too(shipped: DataPath) -> None:
     client = Client(shipped, "ed").with_nonce()
     assert client.post(client.proof()).status_code == 200

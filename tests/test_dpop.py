@@ -494,3 +494,17 @@ def test_the_request_uri_from_hostile_forwarding_headers_never_matches_by_accide
     else:
         refused = rejection(lambda: check.verify(_proof(), method="POST", uri=uri, token=TOKEN, jkt=KEY.jkt))
         assert refused.reason == "dpop-htu"
+
+
+def test_a_nonce_from_the_previous_window_is_accepted_and_answered_with_the_current_one() -> None:
+    keys = NonceKeys([b"k" * 32])
+    clock = ManualClock(NOW)
+    check = verifier(clock, DpopRuntime(keys, ReplayCache()), nonce={"enabled": True})
+    current = NonceIssuer(keys, SERVER, 300, clock=clock).issue()
+    previous = NonceIssuer(keys, SERVER, 300, clock=lambda: NOW - 300).issue()
+    proof = check.verify(_proof(nonce=previous), method="POST", uri=URI, token=TOKEN, jkt=KEY.jkt)
+    assert proof.next_nonce == current
+    assert (
+        check.verify(_proof(nonce=current), method="POST", uri=URI, token=TOKEN, jkt=KEY.jkt).next_nonce
+        is None
+    )

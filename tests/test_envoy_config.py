@@ -120,8 +120,9 @@ def test_http_ext_authz_forwards_what_a_dpop_check_needs_and_returns_the_nonce()
     config = ext_authz_config(render(mcp_server("a", UPSTREAM), transport="http"))
     forwarded = [p.get("exact") for p in config["allowed_headers"]["patterns"]]
     assert {"dpop", "x-forwarded-proto"} <= set(forwarded)
-    to_client = config["http_service"]["authorization_response"]["allowed_client_headers"]["patterns"]
-    assert {"exact": "dpop-nonce"} in to_client
+    answers = config["http_service"]["authorization_response"]
+    assert {"exact": "dpop-nonce"} in answers["allowed_client_headers"]["patterns"]
+    assert {"exact": "dpop-nonce"} in answers["allowed_client_headers_on_success"]["patterns"]
 
 
 def test_routes_have_no_overall_timeout_so_sse_streams_stay_open() -> None:

@@ -17,7 +17,7 @@ proof's key then goes into every AuthZEN request of the call as `context.cnf`.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from callwarden.extauthz.challenge import TokenRejected, dpop_www_authenticate, www_authenticate
@@ -31,10 +31,12 @@ DPOP_NONCE_HEADER = "dpop-nonce"
 
 @dataclass(frozen=True)
 class Authenticated:
-    """Validated claims, and `context.cnf` when the request proved possession of the token's key."""
+    """Validated claims, `context.cnf` when the request proved possession of the token's key,
+    and headers for the client's response (a fresh `DPoP-Nonce` before the client's expires)."""
 
     claims: dict[str, Any]
     cnf: dict[str, Any] | None = None
+    response_headers: Mapping[str, str] = field(default_factory=dict)
 
 
 class Unauthenticated(Exception):
@@ -144,7 +146,8 @@ class Authenticator:
         proof = self._dpop.verify(
             headers.get(DPOP_HEADER), method=method, uri=uri, token=token, jkt=_bound_key(claims)
         )
-        return Authenticated(claims, proof.confirmation())
+        fresh = {} if proof.next_nonce is None else {DPOP_NONCE_HEADER: proof.next_nonce}
+        return Authenticated(claims, proof.confirmation(), fresh)
 
     def _unauthenticated(
         self, attempted: str, error: str | None, description: str, reason: str

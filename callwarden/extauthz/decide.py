@@ -95,6 +95,7 @@ class Answer:
     body: bytes
     headers: Mapping[str, str]
     headers_to_remove: tuple[str, ...] = ()
+    client_headers: Mapping[str, str] = field(default_factory=dict)  # an allow's, to the client
 
 
 def view_of(request: CheckRequest) -> RequestView:
@@ -140,7 +141,7 @@ class Enforcer:
         """The gRPC adapter."""
         answer = self.decide(view_of(request))
         if answer.allowed:
-            return allow_response(answer.headers, answer.headers_to_remove)
+            return allow_response(answer.headers, answer.headers_to_remove, answer.client_headers)
         return deny_response(answer.status, answer.body, answer.headers)
 
     def decide(self, request: RequestView) -> Answer:
@@ -162,7 +163,7 @@ class Enforcer:
                 for name in request.headers
                 if name.startswith(RESERVED_HEADER_PREFIX) and name != DECISION_HEADER
             )
-            return Answer(True, 200, b"", {DECISION_HEADER: decision_id}, forged)
+            return Answer(True, 200, b"", {DECISION_HEADER: decision_id}, forged, outcome.headers)
         return Answer(False, outcome.status, outcome.body, {**outcome.headers, DECISION_HEADER: decision_id})
 
     # -- the decision ------------------------------------------------------------------
@@ -187,8 +188,11 @@ class Enforcer:
         except Unauthenticated as refused:
             return _unauthenticated(server, refused, method)
         if method != "POST":  # SSE stream (GET) and session end (DELETE) need Layer 1 only
-            return _Outcome(True, 200, reasons=("authenticated",), server=server.key, http_method=method)
-        return self._decide_body(server, http, credentials.claims, credentials.cnf)
+            outcome = _Outcome(True, 200, reasons=("authenticated",), server=server.key, http_method=method)
+        else:
+            outcome = self._decide_body(server, http, credentials.claims, credentials.cnf)
+        outcome.headers.update(credentials.response_headers)  # on an allow: to the client too
+        return outcome
 
     def _decide_body(
         self,

@@ -280,6 +280,10 @@ class NonceIssuer:
         window = self._window()
         return _b64url_encode(struct.pack(">q", window) + self._mac(self._keys.keys[0], window))
 
+    def current(self, nonce: str) -> bool:
+        """Whether `nonce` is the one `issue()` gives now (else a valid nonce is about to expire)."""
+        return hmac.compare_digest(nonce, self.issue())
+
     def valid(self, nonce: str) -> bool:
         try:
             raw = b64url_decode(nonce) if len(nonce) == 32 else b""
@@ -355,11 +359,15 @@ class DpopRuntime:
 
 @dataclass(frozen=True)
 class Proof:
-    """A verified proof: its key's thumbprint and public members (for `context.cnf`)."""
+    """A verified proof: its key's thumbprint and public members (for `context.cnf`), and the
+    nonce to hand the client with the response when its own is from the previous window
+    (RFC 9449 §9: a server may supply a new nonce on any response), so an active client is
+    never refused for an expired nonce."""
 
     jkt: str
     jwk: Mapping[str, str]
     alg: str
+    next_nonce: str | None = None
 
     def confirmation(self) -> dict[str, Any]:
         """`context.cnf` of the AuthZEN request: what a policy may require of a bound token."""
@@ -427,7 +435,7 @@ class DpopVerifier:
         headers joined by ","), `uri` the request URI (`request_uri`), `jkt` the token's
         `cnf.jkt` (None when the token has none)."""
         claims, header = self._parse(proof_header)
-        self._check_claims(claims, method=method, uri=uri, token=token)
+        next_nonce = self._check_claims(claims, method=method, uri=uri, token=token)
         thumbprint = header.thumbprint
         if jkt is None:
             raise ProofRejected(
@@ -437,7 +445,7 @@ class DpopVerifier:
             raise ProofRejected("invalid_token", "Invalid DPoP key binding", reason="dpop-binding")
         if not self._replay.first_use(self.server, claims["jti"], self.max_age + self._future):
             raise _invalid_proof("DPoP proof replayed (jti already used)", "replay")
-        return Proof(thumbprint, header.members, header.alg)
+        return Proof(thumbprint, header.members, header.alg, next_nonce)
 
     def _parse(self, proof_header: str | None) -> tuple[dict[str, Any], _Header]:
         if proof_header is None or not proof_header.strip():
@@ -501,7 +509,8 @@ class DpopVerifier:
         members = {name: key_jwk[name] for name in _REQUIRED_MEMBERS[key_jwk["kty"]]}
         return _Header(alg, verifier, jwk_thumbprint(key_jwk), members)
 
-    def _check_claims(self, claims: dict[str, Any], *, method: str, uri: str, token: str) -> None:
+    def _check_claims(self, claims: dict[str, Any], *, method: str, uri: str, token: str) -> str | None:
+        """Checks 3 and 8 to 12 but the key binding; the nonce to send next, if any."""
         for name in ("jti", "htm", "htu", "ath"):
             value = claims.get(name, _MISSING)
             if value is _MISSING:
@@ -526,7 +535,7 @@ class DpopVerifier:
             matches = False
         if not matches:
             raise _invalid_proof("DPoP proof htu does not match the request URI", "htu")
-        self._check_nonce(claims)
+        next_nonce = self._check_nonce(claims)
         now = self._clock()
         if iat < now - self.max_age:
             raise _invalid_proof(f"DPoP proof is older than {int(self.max_age)} seconds (iat)", "stale")
@@ -536,15 +545,18 @@ class DpopVerifier:
             claims["ath"].encode("ascii", "replace"), access_token_hash(token).encode()
         ):
             raise _invalid_proof("DPoP proof ath does not match the access token", "ath")
+        return next_nonce
 
-    def _check_nonce(self, claims: dict[str, Any]) -> None:
+    def _check_nonce(self, claims: dict[str, Any]) -> str | None:
+        """None when no nonce is needed or the proof's is current; a fresh one when the proof's
+        is valid but from the previous window; ProofRejected when it is missing or invalid."""
         if self._nonces is None:
-            return
+            return None
         nonce = claims.get("nonce")
         if nonce is None:
             problem = "Resource server requires nonce in DPoP proof"
         elif not isinstance(nonce, str) or not self._nonces.valid(nonce):
             problem = "DPoP proof nonce is invalid or expired"
         else:
-            return
+            return None if self._nonces.current(nonce) else self._nonces.issue()
         raise ProofRejected("use_dpop_nonce", problem, reason="dpop-nonce", nonce=self._nonces.issue())

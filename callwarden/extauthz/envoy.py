@@ -205,6 +205,8 @@ def _http_service(address: str, timeout_seconds: float) -> dict[str, Any]:
             "allowed_client_headers": _exact(
                 "content-type", "www-authenticate", "allow", "dpop-nonce", DECISION_ID_HEADER
             ),
+            # A fresh DPoP nonce on an allowed request, before the client's expires.
+            "allowed_client_headers_on_success": _exact("dpop-nonce"),
         },
     }
 
