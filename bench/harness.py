@@ -308,6 +308,8 @@ def _direct_response_routes(bootstrap: dict[str, Any], keep_ext_authz: bool) -> 
     hcm.pop("access_log", None)
     for virtual_host in hcm["route_config"]["virtual_hosts"]:
         for route in virtual_host["routes"]:
+            if "direct_response" in route:  # a metadata document, answered by Envoy already
+                continue
             route.pop("route")
             route["direct_response"] = {"status": 200, "body": {"inline_string": DIRECT_RESPONSE_BODY}}
             if not keep_ext_authz:
