@@ -17,6 +17,7 @@ on (selector, port, path) are checked here against the chart's own Service and p
 
 from __future__ import annotations
 
+import base64
 import shlex
 import subprocess
 from pathlib import Path
@@ -213,6 +214,29 @@ def test_tls_mounts_the_secret_and_passes_the_key_pair_to_extauthz(
     assert "--tls-cert=/etc/callwarden/tls/tls.crt" in args
     assert "--tls-key=/etc/callwarden/tls/tls.key" in args
     assert {"name": "tls", "secret": {"secretName": "callwarden-extauthz-tls"}} in pod["volumes"]
+
+
+def test_every_extauthz_replica_mounts_one_generated_dpop_nonce_key(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    (secret,) = [
+        o for o in of_kind(rendered["default"], "Secret") if o["metadata"]["name"].endswith("dpop-nonce")
+    ]
+    assert len(base64.b64decode(secret["data"]["nonce-key"])) == 64
+    assert secret["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    (deployment,) = of_kind(rendered["default"], "Deployment", "extauthz")
+    pod = deployment["spec"]["template"]["spec"]
+    assert "--dpop-nonce-key-file=/etc/callwarden/dpop/nonce-key" in pod["containers"][0]["args"]
+    [volume] = [v for v in pod["volumes"] if v["name"] == "dpop-nonce"]
+    assert volume["secret"]["secretName"] == secret["metadata"]["name"]
+
+
+def test_an_existing_dpop_nonce_secret_is_mounted_instead_of_a_generated_one(kube: Kube) -> None:
+    found = objects(helm_template(kube, None, "--set", "extauthz.dpop.nonceKey.existingSecret=my-nonce-key"))
+    assert not [o for o in of_kind(found, "Secret") if o["metadata"]["name"].endswith("dpop-nonce")]
+    (deployment,) = of_kind(found, "Deployment", "extauthz")
+    [volume] = [v for v in deployment["spec"]["template"]["spec"]["volumes"] if v["name"] == "dpop-nonce"]
+    assert volume["secret"]["secretName"] == "my-nonce-key"
 
 
 def test_tls_without_a_secret_name_is_refused(kube: Kube) -> None:

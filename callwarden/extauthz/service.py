@@ -16,6 +16,7 @@ from typing import IO
 
 from callwarden.extauthz.audit import DecisionLog
 from callwarden.extauthz.decide import EnforcementState, Enforcer
+from callwarden.extauthz.dpop import DpopRuntime
 from callwarden.extauthz.envoy import EnvoyProcess, render_bootstrap
 from callwarden.extauthz.http_authz import HttpAuthzServer
 from callwarden.extauthz.server import DEFAULT_WORKERS, RunningServer, ServerTls, serve
@@ -31,6 +32,7 @@ class ExtAuthz:
     enforcer: Enforcer
     decision_log: DecisionLog
     jwks: JwksStore
+    dpop: DpopRuntime
     http_authz: HttpAuthzServer | None = None
 
     @property
@@ -46,7 +48,7 @@ class ExtAuthz:
 
     def swap(self, bundle: Bundle) -> None:
         """Enforce `bundle` from the next check on; in-flight checks finish on the old one."""
-        self.enforcer.swap(EnforcementState.build(bundle, self.jwks))
+        self.enforcer.swap(EnforcementState.build(bundle, self.jwks, self.dpop))
 
 
 ReadyCheck = Callable[[], tuple[bool, str]]
@@ -78,6 +80,7 @@ def start_extauthz(
     ready_checks: Sequence[ReadyCheck] = (),
     tls: ServerTls | None = None,
     http_authz_listen: str | None = None,
+    dpop: DpopRuntime | None = None,
 ) -> Iterator[ExtAuthz]:
     """Serve Envoy's Check for `bundle` until the block exits; the decision log is flushed then.
 
@@ -86,6 +89,8 @@ def start_extauthz(
     keeps up and every one of `ready_checks` says ready (e.g. a bundle watcher that has synced);
     the first check that fails gives the reason. `tls` serves gRPC over TLS. `http_authz_listen`
     also serves Envoy's HTTP ext_authz there (callwarden.extauthz.http_authz), same decisions.
+    `dpop` holds the DPoP nonce keys (from the Secret every replica mounts) and the replay
+    cache; by default a random key, which only this process accepts nonces of.
     """
     with ExitStack() as stack:
         if jwks is None:
@@ -93,7 +98,9 @@ def start_extauthz(
             stack.callback(jwks.close)
         decision_log = DecisionLog(stream=audit_stream, path=audit_path)
         stack.callback(decision_log.close)
-        enforcer = Enforcer(EnforcementState.build(bundle, jwks), decision_log)
+        if dpop is None:
+            dpop = DpopRuntime.single_process()
+        enforcer = Enforcer(EnforcementState.build(bundle, jwks, dpop), decision_log)
         checks = tuple(ready_checks)
         server = serve(
             enforcer,
@@ -108,7 +115,7 @@ def start_extauthz(
         if http_authz_listen is not None:
             http_authz = HttpAuthzServer(enforcer.decide, http_authz_listen)
             stack.callback(http_authz.stop)
-        yield ExtAuthz(server, enforcer, decision_log, jwks, http_authz)
+        yield ExtAuthz(server, enforcer, decision_log, jwks, dpop, http_authz)
 
 
 @dataclass

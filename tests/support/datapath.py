@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Final
 
@@ -36,6 +36,7 @@ from callwarden.extauthz.service import Gateway, start_gateway
 from callwarden.extauthz.token import JwksStore
 from callwarden.policy.bundle import Bundle, CompiledServer, compile_bundle
 from callwarden.policy.loader import Config, load_config
+from callwarden.policy.model import Dpop
 from callwarden.policy.remote import RemotePdpFactory
 
 SERVERS: Final = tuple(DEFAULT_PORTS)  # finance, documents, workflow
@@ -165,6 +166,7 @@ def start_datapath(
     jwks: JwksStore | None = None,
     remote_pdp: RemotePdpFactory | None = None,
     transport: str = "grpc",
+    dpop: bool | Dpop = False,
 ) -> Iterator[DataPath]:
     """The board-packet scenario behind real Envoy, on free loopback ports, until the block exits.
 
@@ -172,6 +174,9 @@ def start_datapath(
     `jwks` is a configured key store (e.g. short refresh intervals) the caller closes;
     `remote_pdp` builds the PDP of servers whose spec names `pdp.authzen` (see `DataPath.config`);
     `transport` is how Envoy asks the checker ("grpc" or "http" ext_authz).
+    `dpop`: True keeps the example's `spec.dpop` (finance requires DPoP), a `Dpop` gives every
+    server that one; by default (False) DPoP is off everywhere, so tests of bearer tokens and of
+    Layer 2 send plain `Bearer` tokens to every server.
     """
     with ExitStack() as stack:
         servers = stack.enter_context(start_servers(dict.fromkeys(SERVERS, 0)))
@@ -180,6 +185,8 @@ def start_datapath(
         if trusted is None:
             trusted = demo_issuers = stack.enter_context(start_issuers(dict.fromkeys(DEFAULT_ISSUERS, 0)))
         config = localize(load_config([EXAMPLE]), servers, trusted)
+        if dpop is not True:
+            config = with_dpop(config, Dpop() if dpop is False else dpop)
         bundle = compile_bundle(config, remote_pdp=remote_pdp)
         audit_path = workdir / "decisions.jsonl"
         gateway = stack.enter_context(
@@ -189,6 +196,15 @@ def start_datapath(
         )
         client = stack.enter_context(httpx2.Client(timeout=10.0, trust_env=False))
         yield DataPath(gateway, servers, bundle, audit_path, client, demo_issuers, config)
+
+
+def with_dpop(config: Config, dpop: Dpop) -> Config:
+    """The configuration with every McpServer's `spec.dpop` set to `dpop`."""
+    servers = {
+        key: server.model_copy(update={"spec": server.spec.model_copy(update={"dpop": dpop})})
+        for key, server in config.servers.items()
+    }
+    return replace(config, servers=servers)
 
 
 def running_datapath(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DataPath]:
