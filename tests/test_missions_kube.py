@@ -17,7 +17,8 @@ import pytest
 
 from callwarden.demo.mission import wait_until
 from callwarden.extauthz.mission import MissionBook
-from callwarden.extauthz.mission_sync import KubeWatchSync, proposer_for
+from callwarden.extauthz.mission_sync import proposer_for
+from callwarden.extauthz.mission_watch import KubeWatchSync
 from callwarden.kube.client import Kube, new_api_client
 from callwarden.policy.decide import Verdict
 from callwarden.policy.mission import OUTSIDE_PREFIX, ActiveMission, child_key, child_spec, mission_reference

@@ -19,6 +19,7 @@ from typing import IO, Final
 import orjson
 
 from callwarden.demo.agent import ToolCall, run_agent
+from callwarden.demo.dpop import DpopKey
 from callwarden.demo.issuers import RunningIssuers
 from callwarden.extauthz.mission_sync import PollingSync
 from callwarden.extauthz.service import Gateway
@@ -86,13 +87,17 @@ def _call(
     step: Step, gateway: Gateway, issuers: RunningIssuers, bundle: Bundle, header: str
 ) -> tuple[str, str]:
     server = bundle.servers[f"board-packet/{step.server}"].server
-    token = issuers[step.server].mint("alice", server.spec.resource, AGENT, roles=("analyst",), ttl=300)
+    # A server that takes DPoP gets a token bound to the agent's key (as in the demo's sessions).
+    key = None if server.spec.dpop.mode == "disabled" else DpopKey.generate()
+    bound = None if key is None else {"cnf": {"jkt": key.jkt}}
+    token = issuers[step.server].mint("alice", server.spec.resource, AGENT, roles=("analyst",), extra=bound)
     run = run_agent(
         gateway.url + server.spec.route.path_prefix,
         token,
         [step.call],
         host=server.spec.route.hosts[0],
         headers={"callwarden-mission": header},
+        dpop=key,
     )
     [outcome] = run.calls() or (run.outcomes[-1],)
     return outcome.status, outcome.error_message or ""

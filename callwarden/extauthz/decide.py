@@ -24,10 +24,12 @@ from envoy.service.auth.v3.external_auth_pb2 import CheckRequest, CheckResponse
 
 from callwarden.extauthz import metrics
 from callwarden.extauthz.audit import DecisionLog, new_decision_id
+from callwarden.extauthz.credentials import Authenticated, Authenticator, Unauthenticated
+from callwarden.extauthz.dpop import DpopRuntime, DpopVerifier
 from callwarden.extauthz.jsonrpc import BodyRejected, JsonRpcMessage, parse_body
 from callwarden.extauthz.mission import MissionBook, presented_mission
 from callwarden.extauthz.responses import CHECKER_FAILED_BODY, allow_response, deny_response
-from callwarden.extauthz.token import JwksStore, TokenRejected, TokenValidator, www_authenticate
+from callwarden.extauthz.token import JwksStore, TokenValidator
 from callwarden.policy.bundle import Bundle, CompiledServer
 from callwarden.policy.decide import (
     DENIED,
@@ -52,15 +54,28 @@ JSON_CONTENT_TYPE: Final = {"content-type": "application/json"}
 
 @dataclass(frozen=True)
 class EnforcementState:
-    """A bundle and the token validators built for it; swapped as one reference."""
+    """A bundle and the Layer 1 authenticators built for it; swapped as one reference."""
 
     bundle: Bundle
-    validators: Mapping[str, TokenValidator]
+    authenticators: Mapping[str, Authenticator]
 
     @classmethod
-    def build(cls, bundle: Bundle, jwks: JwksStore) -> EnforcementState:
-        validators = {key: TokenValidator(s.server, jwks) for key, s in bundle.servers.items()}
-        return cls(bundle, validators)
+    def build(cls, bundle: Bundle, jwks: JwksStore, dpop: DpopRuntime | None = None) -> EnforcementState:
+        """`dpop` is the process's nonce keys and replay cache, kept across swaps; without one
+        (benchmarks, one-off checks) a single-process runtime is made here."""
+        runtime = dpop or DpopRuntime.single_process()
+        authenticators = {key: _authenticator(s, jwks, runtime) for key, s in bundle.servers.items()}
+        return cls(bundle, authenticators)
+
+
+def _authenticator(server: CompiledServer, jwks: JwksStore, dpop: DpopRuntime) -> Authenticator:
+    spec = server.server.spec
+    return Authenticator(
+        TokenValidator(server.server, jwks),
+        DpopVerifier(server.key, spec.dpop, dpop),
+        spec.dpop,
+        server.resource_metadata_url,
+    )
 
 
 @dataclass(frozen=True)
@@ -89,6 +104,7 @@ class Answer:
     body: bytes
     headers: Mapping[str, str]
     headers_to_remove: tuple[str, ...] = ()
+    client_headers: Mapping[str, str] = field(default_factory=dict)  # an allow's, to the client
 
 
 def view_of(request: CheckRequest) -> RequestView:
@@ -139,7 +155,7 @@ class Enforcer:
         """The gRPC adapter."""
         answer = self.decide(view_of(request))
         if answer.allowed:
-            return allow_response(answer.headers, answer.headers_to_remove)
+            return allow_response(answer.headers, answer.headers_to_remove, answer.client_headers)
         return deny_response(answer.status, answer.body, answer.headers)
 
     def decide(self, request: RequestView) -> Answer:
@@ -161,7 +177,7 @@ class Enforcer:
                 for name in request.headers
                 if name.startswith(RESERVED_HEADER_PREFIX) and name != DECISION_HEADER
             )
-            return Answer(True, 200, b"", {DECISION_HEADER: decision_id}, forged)
+            return Answer(True, 200, b"", {DECISION_HEADER: decision_id}, forged, outcome.headers)
         return Answer(False, outcome.status, outcome.body, {**outcome.headers, DECISION_HEADER: decision_id})
 
     # -- the decision ------------------------------------------------------------------
@@ -179,29 +195,31 @@ class Enforcer:
             outcome.server = server.key
             outcome.headers["allow"] = "GET, POST, DELETE"  # RFC 9110 §15.5.6: a 405 lists what is allowed
             return outcome
-        validator = state.validators[server.key]
         try:
-            claims = validator.validate(headers.get("authorization"))
-        except TokenRejected as rejected:
-            return _unauthenticated(server, rejected, method)
+            credentials = state.authenticators[server.key].authenticate(
+                headers, method=http.method, authority=http.host, path=http.path
+            )
+        except Unauthenticated as refused:
+            return _unauthenticated(server, refused, method)
         presented: tuple[str, str] | None = None
         mission: ActiveMission | MissionRejected | None = None
         try:
-            presented = presented_mission(headers, claims)
+            presented = presented_mission(headers, credentials.claims)
             if presented is not None:
-                mission = self.missions.bind(server, presented, claims)
+                mission = self.missions.bind(server, presented, credentials.claims)
         except MissionRejected as rejected:
             mission = rejected
-        outcome = self._after_token(server, http, claims, method, mission)
+        outcome = self._after_token(server, http, credentials, method, mission)
         if presented is not None:
             outcome.mission = {"id": presented[0], "reference": presented[1]}
+        outcome.headers.update(credentials.response_headers)  # on an allow: to the client too
         return outcome
 
     def _after_token(
         self,
         server: CompiledServer,
         http: RequestView,
-        claims: Mapping[str, Any],
+        credentials: Authenticated,
         method: str,
         mission: ActiveMission | MissionRejected | None,
     ) -> _Outcome:
@@ -211,13 +229,15 @@ class Enforcer:
             return outcome
         if method != "POST":  # SSE stream (GET) and session end (DELETE) need Layer 1 only
             return _Outcome(True, 200, reasons=("authenticated",), server=server.key, http_method=method)
-        return self._decide_body(server, http, claims, mission)
+        return self._decide_body(server, http, credentials.claims, cnf=credentials.cnf, mission=mission)
 
     def _decide_body(
         self,
         server: CompiledServer,
         http: RequestView,
         claims: Mapping[str, Any],
+        *,
+        cnf: Mapping[str, Any] | None = None,
         mission: ActiveMission | MissionRejected | None = None,
     ) -> _Outcome:
         headers = http.headers
@@ -235,7 +255,7 @@ class Enforcer:
         if isinstance(mission, MissionRejected):
             verdicts = mission_denials(body.messages, mission)
         else:
-            verdicts = decide_messages(server, body.messages, claims, mission)
+            verdicts = decide_messages(server, body.messages, claims, cnf=cnf, mission=mission)
             if mission is not None:
                 verdicts = self.missions.propose_expansions(mission, verdicts)
         denied = [v for v in verdicts if not v.allowed]
@@ -342,11 +362,11 @@ def _http_denial(status: int, message: str, reason: str, http_method: str) -> _O
     return outcome
 
 
-def _unauthenticated(server: CompiledServer, rejected: TokenRejected, http_method: str) -> _Outcome:
-    metrics.TOKEN_FAILURES.labels(reason=rejected.reason).inc()
-    outcome = _http_denial(401, rejected.description, f"token:{rejected.reason}", http_method)
+def _unauthenticated(server: CompiledServer, refused: Unauthenticated, http_method: str) -> _Outcome:
+    metrics.TOKEN_FAILURES.labels(reason=refused.reason).inc()
+    outcome = _http_denial(401, refused.description, f"token:{refused.reason}", http_method)
     outcome.server = server.key
-    outcome.headers["www-authenticate"] = www_authenticate(server.resource_metadata_url, rejected)
+    outcome.headers.update(refused.headers)
     return outcome
 
 

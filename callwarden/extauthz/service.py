@@ -16,6 +16,7 @@ from typing import IO
 
 from callwarden.extauthz.audit import DecisionLog
 from callwarden.extauthz.decide import EnforcementState, Enforcer
+from callwarden.extauthz.dpop import DpopRuntime
 from callwarden.extauthz.envoy import EnvoyProcess, render_bootstrap
 from callwarden.extauthz.http_authz import HttpAuthzServer
 from callwarden.extauthz.mission import MissionBook
@@ -32,6 +33,7 @@ class ExtAuthz:
     enforcer: Enforcer
     decision_log: DecisionLog
     jwks: JwksStore
+    dpop: DpopRuntime
     http_authz: HttpAuthzServer | None = None
 
     @property
@@ -47,7 +49,7 @@ class ExtAuthz:
 
     def swap(self, bundle: Bundle) -> None:
         """Enforce `bundle` from the next check on; in-flight checks finish on the old one."""
-        self.enforcer.swap(EnforcementState.build(bundle, self.jwks))
+        self.enforcer.swap(EnforcementState.build(bundle, self.jwks, self.dpop))
 
 
 ReadyCheck = Callable[[], tuple[bool, str]]
@@ -79,6 +81,7 @@ def start_extauthz(
     ready_checks: Sequence[ReadyCheck] = (),
     tls: ServerTls | None = None,
     http_authz_listen: str | None = None,
+    dpop: DpopRuntime | None = None,
     missions: MissionBook | None = None,
 ) -> Iterator[ExtAuthz]:
     """Serve Envoy's Check for `bundle` until the block exits; the decision log is flushed then.
@@ -88,6 +91,8 @@ def start_extauthz(
     keeps up and every one of `ready_checks` says ready (e.g. a bundle watcher that has synced);
     the first check that fails gives the reason. `tls` serves gRPC over TLS. `http_authz_listen`
     also serves Envoy's HTTP ext_authz there (callwarden.extauthz.http_authz), same decisions.
+    `dpop` holds the DPoP nonce keys (from the Secret every replica mounts) and the replay
+    cache; by default a random key, which only this process accepts nonces of.
     `missions` are the missions requests may bind to (extauthz.mission); none by default.
     """
     with ExitStack() as stack:
@@ -96,7 +101,9 @@ def start_extauthz(
             stack.callback(jwks.close)
         decision_log = DecisionLog(stream=audit_stream, path=audit_path)
         stack.callback(decision_log.close)
-        enforcer = Enforcer(EnforcementState.build(bundle, jwks), decision_log, missions)
+        if dpop is None:
+            dpop = DpopRuntime.single_process()
+        enforcer = Enforcer(EnforcementState.build(bundle, jwks, dpop), decision_log, missions)
         checks = tuple(ready_checks)
         server = serve(
             enforcer,
@@ -111,7 +118,7 @@ def start_extauthz(
         if http_authz_listen is not None:
             http_authz = HttpAuthzServer(enforcer.decide, http_authz_listen)
             stack.callback(http_authz.stop)
-        yield ExtAuthz(server, enforcer, decision_log, jwks, http_authz)
+        yield ExtAuthz(server, enforcer, decision_log, jwks, dpop, http_authz)
 
 
 @dataclass

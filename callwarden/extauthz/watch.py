@@ -32,8 +32,10 @@ from prometheus_client import Counter
 
 from callwarden.authzen.client import RemotePdps
 from callwarden.extauthz import metrics
+from callwarden.extauthz.dpop import DpopRuntime
 from callwarden.extauthz.mission import MissionBook
-from callwarden.extauthz.mission_sync import KubeWatchSync, proposer_for
+from callwarden.extauthz.mission_sync import proposer_for
+from callwarden.extauthz.mission_watch import KubeWatchSync
 from callwarden.extauthz.server import DEFAULT_WORKERS, ServerTls
 from callwarden.extauthz.service import ExtAuthz, start_extauthz
 from callwarden.kube.bundles import (
@@ -332,6 +334,7 @@ def start_kubernetes_extauthz(
     audit_stream: IO[str] | None = None,
     workers: int = DEFAULT_WORKERS,
     tls: ServerTls | None = None,
+    dpop: DpopRuntime | None = None,
 ) -> Iterator[KubernetesExtAuthz]:
     """ext_authz serving the bundle the API server holds, following it until the block exits.
 
@@ -357,6 +360,7 @@ def start_kubernetes_extauthz(
             ready_checks=(watcher.readiness, missions.readiness),
             tls=tls,
             missions=missions.book,
+            dpop=dpop,
         ) as ext_authz,
     ):
         watcher.swap = ext_authz.swap

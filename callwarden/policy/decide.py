@@ -56,9 +56,13 @@ def decide(
     method: str,
     params: Mapping[str, Any] | list[Any] | None,
     claims: Mapping[str, Any],
+    *,
+    cnf: Mapping[str, Any] | None = None,
     mission: ActiveMission | None = None,
 ) -> Verdict:
     """Decide one JSON-RPC request or notification. Never raises: every failure denies.
+
+    `cnf` is the proven key of a DPoP request (`context.cnf` of every AuthZEN request).
 
     `params` as the message carries them: positional params (a list) are denied here, because no
     mapping can read them and deciding the call as if it had none would authorize something else.
@@ -68,7 +72,8 @@ def decide(
     if isinstance(params, list):
         error = JsonRpcError(DENIED, f"method {method!r}: params must be an object")
         return Verdict(False, method, None, error, ("positional-params",))
-    result = server.mapping.map(method, params, claims, None if mission is None else mission.context())
+    mission_context = None if mission is None else mission.context()
+    result = server.mapping.map(method, params, claims, cnf=cnf, mission=mission_context)
     if isinstance(result, PassThrough):
         return Verdict(True, method, None, None, ("pass-through",))
     if isinstance(result, UnknownMethod):
@@ -130,6 +135,8 @@ def decide_messages(
     server: CompiledServer,
     messages: Sequence[Message],
     claims: Mapping[str, Any],
+    *,
+    cnf: Mapping[str, Any] | None = None,
     mission: ActiveMission | None = None,
 ) -> list[Verdict]:
     """One verdict per message of a body; the body is allowed only if every verdict is.
@@ -140,7 +147,7 @@ def decide_messages(
     return [
         Verdict(True, "response", None, None, ("response",))
         if message.method is None
-        else decide(server, message.method, message.params, claims, mission)
+        else decide(server, message.method, message.params, claims, cnf=cnf, mission=mission)
         for message in messages
     ]
 

@@ -57,13 +57,16 @@ class ServerMapping:
         method: str,
         params: Mapping[str, Any] | None,
         claims: Mapping[str, Any],
+        *,
+        cnf: Mapping[str, Any] | None = None,
         mission: dict[str, str] | None = None,
     ) -> MappingResult:
         """The AuthZEN request(s) for one JSON-RPC request. Never raises: bad input of any kind
-        becomes a MappingFailure (JSON-RPC -32602), so the call fails closed. `mission` (checked
-        by the PEP) becomes `context.mission`."""
+        becomes a MappingFailure (JSON-RPC -32602), so the call fails closed. `cnf` (the key
+        a DPoP proof proved) becomes `context.cnf`; `mission` (checked by the PEP) becomes
+        `context.mission`."""
         try:
-            return self._map(method, params, claims, mission)
+            return self._map(method, params, claims, cnf, mission)
         except MappingFault as fault:
             return MappingFailure(f"COAZ mapping error: {fault.message}")
         except Exception as error:  # map() must never raise on the hot path: fail closed, say why
@@ -74,7 +77,8 @@ class ServerMapping:
         method: str,
         params: Mapping[str, Any] | None,
         claims: Mapping[str, Any],
-        mission: dict[str, str] | None,
+        cnf: Mapping[str, Any] | None = None,
+        mission: dict[str, str] | None = None,
     ) -> MappingResult:
         if type(method) is not str:
             return UnknownMethod(shorten(repr(method), 128))
@@ -110,7 +114,7 @@ class ServerMapping:
             raise MappingFault(f"{label}: its mapping was rejected when the configuration loaded: {plan}")
         token = claims if type(claims) is dict else dict(claims)
         try:
-            return self._run(plan, method, tool, params, token, mission=mission)
+            return self._run(plan, method, tool, params, token, cnf=cnf, mission=mission)
         except MappingFault as fault:
             raise MappingFault(f"{label}: {fault.message}") from None
 
@@ -122,6 +126,7 @@ class ServerMapping:
         params: dict[str, Any],
         token: dict[str, Any],
         *,
+        cnf: Mapping[str, Any] | None,
         mission: dict[str, str] | None,
     ) -> AuthorizationRequests:
         anchor = token.get(self._subject_claim, ABSENT)
@@ -134,7 +139,7 @@ class ServerMapping:
         if tool is not None:
             mcp["tool"] = tool
         agent = token.get(self._agent_claim, ABSENT)
-        pep = PepContext(mcp, agent, self._agent_claim, actor_chain(token), mission)
+        pep = PepContext(mcp, agent, self._agent_claim, actor_chain(token), cnf=cnf, mission=mission)
         wire, requests = plan.run(CallInputs(token, params), anchor, self._subject_claim, pep)
         return AuthorizationRequests(wire, requests, tool)
 
