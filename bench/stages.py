@@ -243,7 +243,7 @@ def measure(smoke: bool) -> dict[str, Any]:
                 lambda: book.bind(finance, presented_mission(mission_headers, claims) or ("", ""), claims)
             ),
             "decide under a mission: mapping + PDP + scope": us(
-                lambda: decide(finance, "tools/call", params, claims, active)
+                lambda: decide(finance, "tools/call", params, claims, mission=active)
             ),
             "decision id": us(new_decision_id),
             "response build (allow) + serialize": us(
