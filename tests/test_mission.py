@@ -358,3 +358,9 @@ def test_the_catalog_under_a_mission_is_what_its_grants_can_reach() -> None:
     assert mission.reaches("board-packet/finance", "query_financials")
     assert not mission.reaches("board-packet/finance", "transfer_funds")
     assert not mission.reaches("board-packet/documents", "query_financials")
+
+
+def test_a_mission_whose_condition_does_not_compile_cannot_be_approved() -> None:
+    broken = make_mission(scope=[{"servers": ["finance"], "tools": ["q"], "when": "resource.id =="}])
+    with pytest.raises(MissionTransitionError, match=r"cannot be approved: spec.scope\[0\].when"):
+        transition(broken, "approve", "carol", NOW)

@@ -354,6 +354,13 @@ def transition(mission: Mission, command: str, by: str, now: datetime) -> Missio
     allowed = sources | ({"Changed"} if command in ("approve", "revoke") else set())
     if phase not in allowed:
         raise MissionTransitionError(f"mission {mission.key} is {phase}; it cannot be {target.lower()}")
+    if command == "approve":  # a person must never approve what enforcement cannot run
+        try:
+            compile_grants(mission)
+        except CelCompileError as error:
+            raise MissionTransitionError(
+                f"mission {mission.key} cannot be approved: {error.message}"
+            ) from None
     reference = mission_reference(mission.spec)
     time = now.strftime("%Y-%m-%dT%H:%M:%SZ")
     precise = now.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
