@@ -21,7 +21,7 @@ from callwarden.policy.mission import (
     mission_reference,
     transition,
 )
-from callwarden.policy.model import Mission, MissionSpec, ToolPolicy
+from callwarden.policy.model import Mission, MissionSpec, MissionStatus, ToolPolicy
 from callwarden.policy.pdp import compile_pdp
 from tests.support.missions import BOARD_PACKET, approved, make_mission, moved
 
@@ -160,9 +160,10 @@ def test_an_approved_unexpired_mission_at_its_reference_resolves() -> None:
 def test_each_refusal_has_its_own_reason() -> None:
     good = approved(BOARD_PACKET)
     edited = good.model_copy(update={"spec": make_mission(purpose="changed").spec})
-    bad_cel = approved(
-        make_mission(scope=[{"servers": ["finance"], "tools": ["q"], "when": "resource.id =="}])
-    )
+    unrunnable = make_mission(scope=[{"servers": ["finance"], "tools": ["q"], "when": "resource.id =="}])
+    # Approved past the CLI (which refuses it): a status written by hand with kubectl.
+    by_hand = MissionStatus(phase="Approved", reference=mission_reference(unrunnable.spec))
+    bad_cel = unrunnable.model_copy(update={"status": by_hand})
     assert rejection(MissionIndex([]), "board-packet/nope") == "mission-unknown"
     assert rejection(MissionIndex([BOARD_PACKET])) == "mission-not-approved"
     assert rejection(MissionIndex([moved(BOARD_PACKET, "deny")])) == "mission-denied"
