@@ -48,8 +48,11 @@ class MissionSync(ABC):
             self._thread.join(timeout=10)
 
     def readiness(self) -> tuple[bool, str]:
+        """Always ready: until the missions load, a call naming one is denied (mission-unknown)
+        while every other call is decided as usual, so a missing Mission CRD or an unreadable
+        store never takes the enforcement point out of service."""
         if not self.synced.is_set():
-            return False, "missions not loaded from the store yet"
+            return True, "missions not loaded yet: calls naming a mission are denied"
         return True, f"{len(self.book.index)} mission(s) loaded"
 
     def _interrupt(self) -> None:  # noqa: B027 - a hook: only a watch has a blocking read to end

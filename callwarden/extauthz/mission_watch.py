@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from callwarden.extauthz.mission import MissionBook
 from callwarden.extauthz.mission_sync import MissionSync
-from callwarden.kube.client import Kube
+from callwarden.kube.client import Kube, describe_error
 from callwarden.kube.follow import follow
 from callwarden.policy.model import API_GROUP, API_VERSION, Mission
 from callwarden.stores.missions import PLURAL, mission_of
@@ -46,6 +46,14 @@ class KubeWatchSync(MissionSync):
         if self.namespace is None:
             return custom.list_cluster_custom_object, (API_GROUP, API_VERSION, PLURAL)
         return custom.list_namespaced_custom_object, (API_GROUP, API_VERSION, self.namespace, PLURAL)
+
+    def try_first_list(self) -> None:
+        """One list before serving, so a replica starts with the missions it will enforce; a
+        failure (no Mission CRD yet, the API server away) is left to the watch loop's retries."""
+        try:
+            self.relist()
+        except Exception as error:
+            log.warning("mission watch: cannot list Missions yet (%s); retrying", describe_error(error))
 
     def relist(self) -> None:
         function, arguments = self._list_call()

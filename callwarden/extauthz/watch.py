@@ -348,6 +348,7 @@ def start_kubernetes_extauthz(
     # Missions are watched like the bundles; a call outside one proposes its expansion as a Mission.
     proposer = proposer_for(MissionRecords(KubeDocuments(kube, instance="callwarden-extauthz")))
     missions = KubeWatchSync(kube, MissionBook(proposer=proposer), namespace)
+    missions.try_first_list()
     with (
         remote_pdps,
         start_extauthz(
