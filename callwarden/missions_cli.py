@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -35,21 +35,29 @@ class MissionCommandError(Exception):
     """Bad input or a refused command: exit 2 with the message."""
 
 
-def _documents(args: argparse.Namespace) -> DocumentStore:
+def _open(args: argparse.Namespace) -> tuple[DocumentStore, Callable[[], str]]:
+    """The store, and who acts: standalone the `--as` name (default the login name); in a
+    cluster the user the API server authenticated, never a name given on the command line."""
     if args.kubernetes == bool(args.store):
         raise MissionCommandError("name the store: --store FILE (standalone) or --kubernetes (cluster)")
+    claimed = getattr(args, "as_", None)
     if args.store:
         from callwarden.stores.sqlite import SqliteDocuments  # noqa: PLC0415
 
-        return SqliteDocuments(args.store)
+        return SqliteDocuments(args.store), lambda: claimed or getpass.getuser()
+    if claimed:
+        raise MissionCommandError(
+            "--as is for the standalone store: in a cluster you act as who you log in as"
+        )
     from callwarden.kube.client import Kube, new_api_client  # noqa: PLC0415 (kubernetes only here)
     from callwarden.stores.kube import KubeDocuments  # noqa: PLC0415
 
-    return KubeDocuments(Kube(new_api_client(args.kubeconfig)), instance="callwarden-missions")
+    kube = Kube(new_api_client(args.kubeconfig))
+    return KubeDocuments(kube, instance="callwarden-missions"), kube.username
 
 
 def _records(args: argparse.Namespace) -> MissionRecords:
-    return MissionRecords(_documents(args))
+    return MissionRecords(_open(args)[0])
 
 
 def _key(value: str) -> str:
@@ -63,10 +71,11 @@ def _propose(args: argparse.Namespace) -> int:
         missions = load_missions([Path(args.file)])
     except ConfigError as error:
         raise MissionCommandError("invalid mission:\n  " + "\n  ".join(map(str, error.problems))) from error
-    records = _records(args)
+    documents, actor = _open(args)
+    records = MissionRecords(documents)
     for mission in missions:
         try:
-            records.propose(mission, args.as_ or getpass.getuser())
+            records.propose(mission, actor())
         except StoreConflict as error:
             raise MissionCommandError(str(error)) from error
         print(f"proposed {mission.key} {mission_reference(mission.spec)}")
@@ -112,7 +121,8 @@ def _show(args: argparse.Namespace) -> int:
 def _move(args: argparse.Namespace) -> int:
     key = _key(args.mission)
     try:
-        mission = _records(args).move(key, args.command_name, args.as_ or getpass.getuser())
+        documents, actor = _open(args)
+        mission = MissionRecords(documents).move(key, args.command_name, actor())
     except (LookupError, MissionTransitionError, StoreConflict) as error:
         raise MissionCommandError(str(error)) from error
     print(f"{mission.key} {mission.status.phase} by {mission.status.approver} at {mission.status.reference}")
@@ -164,7 +174,7 @@ def add_mission_commands(commands: Any) -> None:
     actions = missions.add_subparsers(dest="command_name", required=True)
     propose = actions.add_parser("propose", help="propose the Mission(s) of a YAML file")
     propose.add_argument("-f", "--file", required=True, help="YAML file with Mission objects")
-    propose.add_argument("--as", dest="as_", help="who proposes (default: the login name)")
+    propose.add_argument("--as", dest="as_", help="standalone: who proposes (default: the login name)")
     propose.set_defaults(handler=_guarded(_propose))
     listing = actions.add_parser("list", help="every mission and its phase as enforcement sees it")
     listing.add_argument("-n", "--namespace", help="one namespace only")
@@ -179,7 +189,7 @@ def add_mission_commands(commands: Any) -> None:
     ):
         action = actions.add_parser(verb, help=text)
         action.add_argument("mission", help="NAMESPACE/NAME")
-        action.add_argument("--as", dest="as_", help="who decides (default: the login name)")
+        action.add_argument("--as", dest="as_", help="standalone: who decides (default: the login name)")
         action.set_defaults(handler=_guarded(_move))
     for parser in (propose, listing, show, *(actions.choices[v] for v in ("approve", "deny", "revoke"))):
         _store_arguments(parser)

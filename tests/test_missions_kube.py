@@ -128,16 +128,23 @@ def test_a_proposer_cannot_approve_and_an_approver_can(namespace: str, crds: Kub
     text = path.read_text().replace("namespace: board-packet", f"namespace: {namespace}")
     mission_file = crds.workdir / f"{namespace}.yaml"
     mission_file.write_text(text)
-    proposed = callwarden(proposer, "propose", "-f", str(mission_file), "--as", "alice")
+    proposed = callwarden(proposer, "propose", "-f", str(mission_file))
     assert proposed.returncode == 0, proposed.stderr
     key = f"{namespace}/q3-board-packet"
-    refused = callwarden(proposer, "approve", key, "--as", "alice")
+    refused = callwarden(proposer, "approve", key)
     assert refused.returncode != 0 and "forbidden" in (refused.stderr + refused.stdout).lower()
-    approved = callwarden(approver, "approve", key, "--as", "carol")
+    approved = callwarden(approver, "approve", key)
     assert approved.returncode == 0, approved.stderr
     shown = json.loads(callwarden(approver, "show", key).stdout)
     assert (shown["status"]["phase"], shown["status"]["approver"]) == ("Approved", "carol")
+    assert shown["metadata"]["annotations"]["callwarden.io/proposed-by"] == "alice"  # as authenticated
     assert shown["status"]["reference"] == mission_reference(BOARD_PACKET.spec)
+
+
+def test_in_a_cluster_nobody_can_claim_another_name(namespace: str, crds: KubeEnvironment) -> None:
+    approver = person(crds, namespace, "carol", "approver")
+    result = callwarden(approver, "approve", f"{namespace}/q3-board-packet", "--as", "the-ceo")
+    assert result.returncode == 2 and "in a cluster you act as who you log in as" in result.stderr
 
 
 @pytest.fixture

@@ -59,6 +59,15 @@ class Kube:
     def to_json(self, value: Any) -> Any:
         return cast(Any, self.api).sanitize_for_serialization(value)
 
+    def username(self) -> str:
+        """Who the API server says these credentials are (SelfSubjectReview): the identity to put
+        on record for an approval, rather than a name the caller claims."""
+        review: Any = client.AuthenticationV1Api(self.api).create_self_subject_review(
+            client.V1SelfSubjectReview(metadata=client.V1ObjectMeta()), _request_timeout=REQUEST_TIMEOUT
+        )
+        name: str = review.status.user_info.username
+        return name
+
     # -- custom objects (McpServer, ToolPolicy) --
 
     def list_custom(self, plural: str, namespace: str | None = None) -> list[dict[str, Any]]:
