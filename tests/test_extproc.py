@@ -99,7 +99,7 @@ def test_a_plain_tools_call_opens_no_ext_proc_stream(datapath: DataPath) -> None
 
 def test_a_client_sent_hook_header_engages_no_hook(datapath: DataPath) -> None:
     before = streams(datapath)
-    forged = {HOOK_HEADER: "test-ping"}
+    forged = {HOOK_HEADER: "test-ping board-packet/finance"}
     response = datapath.post(
         "finance", tools_call(*ALLOWED_CALLS["finance"]), token=datapath.token("finance"), headers=forged
     )

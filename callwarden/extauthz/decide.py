@@ -24,7 +24,7 @@ from envoy.service.auth.v3.external_auth_pb2 import CheckRequest, CheckResponse
 
 from callwarden.extauthz import metrics
 from callwarden.extauthz.audit import DecisionLog, new_decision_id
-from callwarden.extauthz.extproc import HOOK_HEADER, Hooks
+from callwarden.extauthz.extproc import HOOK_HEADER, Hooks, hook_mark
 from callwarden.extauthz.jsonrpc import BodyRejected, JsonRpcMessage, parse_body
 from callwarden.extauthz.responses import CHECKER_FAILED_BODY, allow_response, deny_response
 from callwarden.extauthz.token import JwksStore, TokenRejected, TokenValidator, www_authenticate
@@ -154,7 +154,7 @@ class Enforcer:
             )
             added = {DECISION_HEADER: decision_id}
             if outcome.hook is not None:  # a client-sent value is in `forged`, and replaced
-                added[HOOK_HEADER] = outcome.hook
+                added[HOOK_HEADER] = hook_mark(outcome.hook, outcome.server or "")
             return Answer(True, 200, b"", added, forged)
         return Answer(False, outcome.status, outcome.body, {**outcome.headers, DECISION_HEADER: decision_id})
 

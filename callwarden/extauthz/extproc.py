@@ -7,8 +7,10 @@ only Envoy's External Processing filter (envoy.service.ext_proc.v3) hands out, a
 cannot see the JSON-RPC method when the request headers arrive. So the two filters split it:
 
 1. ext_authz (which has parsed the body) marks an allowed request whose method has a hook with
-   `x-callwarden-hook: <hook name>` (a client-sent value never survives: every client-sent
-   `x-callwarden-*` header is removed);
+   `x-callwarden-hook: <hook name> <McpServer key>` (the server it decided the request for, so
+   both filters agree on it whatever the route; a client-sent value never survives: every
+   client-sent `x-callwarden-*` header is removed, and this service removes the mark before the
+   request goes upstream);
 2. Envoy runs the ext_proc filter only for marked requests (`ExtensionWithMatcher` keyed on that
    header, see `envoy.py`): every other request, a plain `tools/call` included, opens no ext_proc
    stream at all;
@@ -168,6 +170,11 @@ class StateSource(Protocol):
     def state(self) -> Any: ...  # callwarden.extauthz.decide.EnforcementState (no import cycle)
 
 
+def hook_mark(hook: str, server: str) -> str:
+    """The `x-callwarden-hook` value ext_authz sets: the hook and the McpServer it decided for."""
+    return f"{hook} {server}"
+
+
 def _headers_of(message: HttpHeaders) -> dict[str, str]:
     # Envoy 1.40 sends raw_value (bytes) and leaves value empty; older ones the reverse.
     return {
@@ -322,14 +329,15 @@ class ExternalProcessor:
 
     def _start(self, headers: Mapping[str, str]) -> Exchange:
         decision_id = headers.get("x-callwarden-decision-id")
-        hook = self._hooks.named(headers.get(HOOK_HEADER, ""))
+        name, _, key = headers.get(HOOK_HEADER, "").partition(" ")
+        hook = self._hooks.named(name)
         if hook is None:  # only ext_authz sets the header, and only to a registered hook's name
             message = "ext_proc: request carries no known callwarden hook"
             raise _Refused(_immediate(error_body(None, HOOK_FAILED, message), decision_id), "no-hook")
         state = self._source.state
-        server = state.bundle.route(headers.get(":authority", ""), headers.get(":path", ""))
-        if server is None:
-            message = "ext_proc: no McpServer is configured for this route"
+        server = state.bundle.servers.get(key)
+        if server is None:  # the bundle changed between the check and now, and dropped it
+            message = "ext_proc: the McpServer of this request is no longer configured"
             raise _Refused(_immediate(error_body(None, HOOK_FAILED, message), decision_id), "no-route")
         try:
             claims = state.validators[server.key].validate(headers.get("authorization"))

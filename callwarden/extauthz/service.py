@@ -21,6 +21,7 @@ from callwarden.extauthz.extproc import BodyHook, ExternalProcessor, Hooks
 from callwarden.extauthz.http_authz import HttpAuthzServer
 from callwarden.extauthz.server import DEFAULT_WORKERS, RunningServer, ServerTls, serve
 from callwarden.extauthz.token import JwksStore
+from callwarden.extauthz.tools_list import ToolsListHook
 from callwarden.policy.bundle import Bundle
 
 
@@ -53,9 +54,9 @@ class ExtAuthz:
 ReadyCheck = Callable[[], tuple[bool, str]]
 
 
-def default_hooks() -> tuple[BodyHook, ...]:
+def default_hooks(decision_log: DecisionLog) -> tuple[BodyHook, ...]:
     """The body hooks every enforcement point runs unless told otherwise."""
-    return ()
+    return (ToolsListHook(decision_log),)
 
 
 def _readiness(decision_log: DecisionLog, checks: Sequence[ReadyCheck]) -> tuple[bool, str]:
@@ -102,7 +103,7 @@ def start_extauthz(
             stack.callback(jwks.close)
         decision_log = DecisionLog(stream=audit_stream, path=audit_path)
         stack.callback(decision_log.close)
-        registered = Hooks(default_hooks() if hooks is None else hooks)
+        registered = Hooks(default_hooks(decision_log) if hooks is None else hooks)
         enforcer = Enforcer(EnforcementState.build(bundle, jwks), decision_log, registered)
         checks = tuple(ready_checks)
         server = serve(
