@@ -137,13 +137,13 @@ class ToolsListHook:
     def response_body(self, exchange: Exchange, body: bytes) -> bytes | None:
         started = time.perf_counter()
         server = exchange.server.key
-        ids = _list_ids(exchange)
+        ids, answerable = _request_ids(exchange)
         if not ids:  # a tools/list notification: nothing answers it
             return None
         catalog = catalog_for(exchange.server, exchange.claims)
         filtered = _Filtered()
         try:
-            replacement = self._rewrite(exchange, body, ids, catalog, filtered)
+            replacement = self._rewrite(exchange, body, _Rewrite(ids, answerable, catalog, filtered))
         except _Rejected as rejected:
             metrics.CATALOG_RESPONSES.labels(server=server, outcome="rejected").inc()
             self._record(exchange, filtered, started, f"rejected:{rejected.reason}", rejected.message)
@@ -161,14 +161,12 @@ class ToolsListHook:
 
     # -- parsing and rewriting ----------------------------------------------------------
 
-    def _rewrite(
-        self, exchange: Exchange, body: bytes, ids: list[str | int], catalog: Catalog | None, out: _Filtered
-    ) -> bytes | None:
+    def _rewrite(self, exchange: Exchange, body: bytes, rewrite: _Rewrite) -> bytes | None:
         limit = self._max_response_bytes
         if len(body) > limit:
             raise _Rejected("too-large", f"response is {len(body)} bytes; the limit is {limit}")
         content_type = exchange.response_content_type
-        rewrite = _Rewrite(ids, catalog, _Pins.of(exchange.server.server), out)
+        rewrite.pins = _Pins.of(exchange.server.server)
         if content_type == "application/json":
             return rewrite.json(body)
         if content_type == "text/event-stream":
@@ -206,15 +204,16 @@ class ToolsListHook:
         )
 
 
-def _list_ids(exchange: Exchange) -> list[str | int]:
-    """The ids of the body's tools/list requests (ext_authz parsed this body already)."""
+def _request_ids(exchange: Exchange) -> tuple[list[str | int], set[str | int]]:
+    """The ids of the body's tools/list requests, and of all its requests (ext_authz parsed this
+    body already)."""
     try:
         body = parse_body(exchange.request_body, max_bytes=exchange.server.server.spec.max_request_bytes)
     except BodyRejected as rejected:  # cannot be: ext_authz allowed it; stay closed anyway
         raise HookFailure(f"callwarden: the tools/list request does not parse ({rejected.reason})") from None
-    return [
-        m.id for m in body.messages if m.kind == "request" and m.method == TOOLS_LIST and m.id is not None
-    ]
+    requests = [m for m in body.messages if m.kind == "request" and m.id is not None]
+    listed = [m.id for m in requests if m.method == TOOLS_LIST and m.id is not None]
+    return listed, {m.id for m in requests if m.id is not None}
 
 
 def _loads(raw: bytes) -> Any:
@@ -232,16 +231,18 @@ _UNFILTERED: Final = Listing(True, "unfiltered")
 
 
 class _Rewrite:
-    """One response's rewrite: which tools/list ids it must answer, once each, and how."""
+    """One response's rewrite: the tools/list answers it must hold (once each) and filters, and
+    the other requests of the body, whose answers pass as they are."""
 
     def __init__(
-        self, ids: Sequence[str | int], catalog: Catalog | None, pins: _Pins, out: _Filtered
+        self, ids: Sequence[str | int], answerable: set[str | int], catalog: Catalog | None, out: _Filtered
     ) -> None:
         self._ids = ids
+        self._answerable = answerable
         self._answered: set[str | int] = set()
         self._catalog = catalog
-        self._pins = pins
         self._out = out
+        self.pins = _Pins({}, frozenset())
 
     def json(self, body: bytes) -> bytes | None:
         value = _loads(body)
@@ -278,14 +279,14 @@ class _Rewrite:
             if "method" in message:
                 continue
             response_id = message.get("id")
-            if response_id not in self._ids:
+            if response_id not in self._answerable:
                 raise _Rejected(
                     "unexpected-response", f"a response answers id {response_id!r}, not tools/list"
                 )
             if response_id in self._answered:
                 raise _Rejected("duplicate-response", f"tools/list id {response_id!r} is answered twice")
             self._answered.add(response_id)
-            if "result" in message:
+            if "result" in message and response_id in self._ids:
                 changed |= self._result(message["result"])
         return changed
 
@@ -309,7 +310,7 @@ class _Rewrite:
                 self._out.remove(name, listing.reason)
                 continue
             kept.append(tool)
-            self._pins.compare(tool, self._out)
+            self.pins.compare(tool, self._out)
         self._out.listed += len(kept)
         if len(kept) == len(tools):
             return False
