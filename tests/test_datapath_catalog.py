@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import httpx
 import httpx2
 import pytest
 from mcp import ClientSession
@@ -276,7 +275,7 @@ def test_a_malformed_response_reaches_the_client_as_a_json_rpc_error_not_as_the_
             "authorization": f"Bearer {shop.token('alice')}",
             "accept": "application/json, text/event-stream",
         }
-        response = httpx.post(
+        response = httpx2.post(
             shop.gateway.url + "/mcp", content=jsonrpc("tools/list"), headers=headers, trust_env=False
         )
         lines = shop.decisions()
