@@ -29,6 +29,7 @@ time, for instance), and every call, listed or not, is decided by ext_authz as b
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -51,6 +52,7 @@ _PARAMS: Final = re.compile(r"\bparams\b")
 _PRESENCE: Final = re.compile(r"\bhas\s*\(|\.\?|\[\?")
 _EMPTY: Final[dict[str, Any]] = {}
 _ENTITIES: Final = ("subject", "action", "resource", "context")
+_UNREAD: Final = object()
 _ENRICHED: Final[tuple[Literal["subject", "resource"], ...]] = ("subject", "resource")  # by the PIP
 
 
@@ -80,15 +82,20 @@ def reads_arguments(node: Node | None) -> bool:
     return False  # a constant, or the token's audience
 
 
+# A bundle's mapping parts are immutable and shared by every call and listing: whether one reads
+# the arguments is worked out once (bounded, so swapped-out bundles are let go).
+@functools.lru_cache(maxsize=8192)
 def _entity_unknown(entity: Entity | None) -> bool:
     return entity is not None and any(reads_arguments(node) for _, node in entity.members)
 
 
+@functools.lru_cache(maxsize=8192)
 def _subject_unknown(subject: Subject) -> bool:
     nodes = (subject.type_node, subject.id_node, subject.properties_node)
     return any(reads_arguments(node) for node in nodes)
 
 
+@functools.lru_cache(maxsize=8192)
 def _context_unknown(context: Context | None) -> bool:
     if context is None:
         return False
@@ -107,6 +114,7 @@ class Catalog:
         self._pdp = pdp
         self._token = claims if type(claims) is dict else dict(claims)
         self._answers: dict[str, Listing] = {}
+        self._actors: Any = _UNREAD  # the token's act chain, read once for every tool
 
     def listing(self, tool: str) -> Listing:
         answer = self._answers.get(tool)
@@ -147,9 +155,11 @@ class Catalog:
         anchor = token.get(mapping.subject_claim, ABSENT)
         if type(anchor) is not str:
             raise MappingFault("the token has no subject")
+        if self._actors is _UNREAD:
+            self._actors = actor_chain(token)
         inputs = CallInputs(token, {"name": tool})
         mcp = {"server": mapping.server, "method": "tools/call", "tool": tool}
-        pep = PepContext(mcp, token.get(mapping.agent_claim, ABSENT), mapping.agent_claim, actor_chain(token))
+        pep = PepContext(mcp, token.get(mapping.agent_claim, ABSENT), mapping.agent_claim, self._actors)
         known: dict[str, Any] = {}
         if not _subject_unknown(plan.subject):
             known["subject"] = plan.subject.build(inputs, anchor, mapping.subject_claim)
