@@ -284,3 +284,22 @@ def test_a_malformed_response_reaches_the_client_as_a_json_rpc_error_not_as_the_
     assert (response.json()["id"], error["code"]) == (1, -32603) and "(not-json)" in error["message"]
     listed = [(line["decision"], line["reasons"]) for line in lines if line["method"] == "tools/list"]
     assert listed == [("allow", ["shop/shop/lists"]), ("deny", ["rejected:not-json"])]
+
+
+def test_a_list_larger_than_envoy_s_default_buffer_is_filtered_whole(tmp_path: Path) -> None:
+    names = [f"{kind}_{index}" for index in range(4000) for kind in ("read", "admin")]
+    tools = [{"name": name, "description": "x" * 200, "inputSchema": {"type": "object"}} for name in names]
+    big = json.dumps({"jsonrpc": "2.0", "id": 1, "result": {"tools": tools}}).encode()
+    assert len(big) > 2 * 1024 * 1024
+    with RawUpstream(big) as upstream, catalog_gateway(tmp_path, upstream.base_url) as shop:
+        headers = {"host": HOST, "authorization": f"Bearer {shop.token('alice')}", "accept-encoding": "gzip"}
+        response = httpx2.post(
+            shop.gateway.url + "/mcp",
+            content=jsonrpc("tools/list"),
+            headers=headers,
+            timeout=30,
+            trust_env=False,
+        )
+    listed = [tool["name"] for tool in response.json()["result"]["tools"]]
+    assert listed == [name for name in names if name.startswith("read_")]
+    assert b"accept-encoding" not in upstream.requests[-1]  # the hook must read it uncompressed

@@ -53,10 +53,11 @@ class Run:
         content_type: str = JSON,
         claims: dict[str, Any] = ANALYST,
         request: bytes = LIST_REQUEST,
+        headers: dict[str, str] | None = None,
     ) -> bytes | None:
         exchange = Exchange(self.hook, FINANCE, "rev-1", claims, {}, "check-id", request_body=request)
         exchange.response_status = 200
-        exchange.response_headers = {"content-type": content_type}
+        exchange.response_headers = {"content-type": content_type, **(headers or {})}
         return self.hook.response_body(exchange, body)
 
     def lines(self) -> list[dict[str, Any]]:
@@ -165,6 +166,11 @@ def test_a_hostile_response_becomes_a_json_rpc_error_and_a_log_line(
         [f"rejected:{reason}"],
         "tools/list",
     )
+
+
+def test_a_compressed_response_is_refused_not_guessed_at(run: Run) -> None:
+    with pytest.raises(HookFailure, match=r"\(content-encoding\)"):
+        run.answer(listing(TOOL), headers={"content-encoding": "gzip"})
 
 
 def test_an_oversized_response_is_refused_before_it_is_parsed() -> None:

@@ -299,7 +299,10 @@ class ExternalProcessor:
                     exchange = self._start(headers)
                     # A body the hook may rewrite changes length: Envoy re-frames it without one.
                     framing = ("content-length",) if exchange.hook.wants_request_body else ()
-                    answer = _continue_headers("request_headers", remove=(HOOK_HEADER, *framing))
+                    # A response the hook reads must come uncompressed: ask the server for identity.
+                    encoding = ("accept-encoding",) if exchange.hook.wants_response_body else ()
+                    remove = (HOOK_HEADER, *framing, *encoding)
+                    answer = _continue_headers("request_headers", remove=remove)
                     answer.mode_override.CopyFrom(_mode_for(exchange.hook))
                     yield answer
                 elif exchange is None:  # Envoy always sends the request headers first

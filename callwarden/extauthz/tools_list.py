@@ -165,6 +165,9 @@ class ToolsListHook:
         limit = self._max_response_bytes
         if len(body) > limit:
             raise _Rejected("too-large", f"response is {len(body)} bytes; the limit is {limit}")
+        encoding = exchange.response_headers.get("content-encoding", "identity").strip().lower()
+        if encoding not in ("", "identity"):  # the request asked for identity (extproc.py)
+            raise _Rejected("content-encoding", f"the response is {encoding!r}-encoded")
         content_type = exchange.response_content_type
         rewrite.pins = _Pins.of(exchange.server.server)
         if content_type == "application/json":

@@ -113,11 +113,13 @@ class RawUpstream(_Served):
     def __init__(self, body: bytes = b"", content_type: str = "application/json") -> None:
         self.body = body
         self.content_type = content_type
+        self.requests: list[dict[bytes, bytes]] = []  # the headers of every request it answered
         super().__init__(self._app, lifespan="off")
 
     async def _app(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return
+        self.requests.append(dict(scope["headers"]))
         headers = [
             (b"content-type", self.content_type.encode()),
             (b"content-length", str(len(self.body)).encode()),
