@@ -18,7 +18,7 @@ from callwarden.policy.bundle import CompiledServer, compile_bundle
 from callwarden.policy.catalog import Catalog, catalog_for, reads_arguments
 from callwarden.policy.decide import decide
 from callwarden.policy.loader import config_from_objects, load_config
-from callwarden.policy.pdp import EmbeddedPdp
+from callwarden.policy.remote import OFFLINE
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "board-packet"
 CLAIMS = {
@@ -261,16 +261,4 @@ def test_an_expression_reads_the_arguments_when_it_uses_params_beyond_the_name(
 
 def test_a_server_decided_by_a_remote_pdp_has_no_local_catalog() -> None:
     server = board_packet()
-    remote = CompiledServer(server.server, server.mapping, _NotEmbedded(), server.policies)
-    assert catalog_for(remote, ANALYST) is None
-    assert isinstance(server.pdp, EmbeddedPdp)
-
-
-class _NotEmbedded:
-    """Stands in for a remote PDP: the catalog only asks whether the PDP is the embedded one."""
-
-    def evaluate(self, request: Mapping[str, Any]) -> Any:
-        raise AssertionError("never asked")
-
-    def evaluate_mapped(self, requests: Sequence[Mapping[str, Any]]) -> Any:
-        raise AssertionError("never asked")
+    assert catalog_for(CompiledServer(server.server, server.mapping, OFFLINE, ()), ANALYST) is None

@@ -16,11 +16,13 @@ from typing import Any
 
 import pytest
 
+from callwarden.extauthz import metrics
 from callwarden.extauthz.audit import DecisionLog
 from callwarden.extauthz.extproc import Exchange, HookFailure
 from callwarden.extauthz.tools_list import ToolsListHook
-from callwarden.policy.bundle import compile_bundle
+from callwarden.policy.bundle import CompiledServer, compile_bundle
 from callwarden.policy.loader import load_config
+from callwarden.policy.remote import OFFLINE
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "board-packet"
 FINANCE = compile_bundle(load_config([EXAMPLE])).servers["board-packet/finance"]
@@ -250,3 +252,17 @@ def test_a_batch_filters_the_tools_list_answer_and_passes_the_others() -> None:
     running.decision_log.close()
     assert answer is not None
     assert json.loads(answer) == [{"jsonrpc": "2.0", "id": 1, "result": {"tools": [TOOL]}}, ping]
+
+
+def test_a_server_decided_by_a_remote_pdp_lists_unfiltered_and_says_so() -> None:
+    remote = CompiledServer(FINANCE.server, FINANCE.mapping, OFFLINE, ())
+    running = Run()
+    exchange = Exchange(running.hook, remote, "rev-1", INTERN, {}, "check-id", request_body=LIST_REQUEST)
+    exchange.response_status = 200
+    exchange.response_headers = {"content-type": JSON}
+    counted = metrics.CATALOG_RESPONSES.labels(server=FINANCE.key, outcome="unfiltered")
+    before = counted._value.get()
+    assert running.hook.response_body(exchange, listing(TOOL)) is None  # the intern's list, as sent
+    assert counted._value.get() == before + 1
+    assert running.lines()[0]["reasons"] == ["catalog:unfiltered-remote-pdp"]
+    running.decision_log.close()
