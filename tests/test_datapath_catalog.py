@@ -30,9 +30,10 @@ from callwarden.extauthz.service import Gateway, start_gateway
 from callwarden.policy.bundle import compile_bundle
 from callwarden.policy.loader import config_from_objects
 from callwarden.policy.mapping.digest import mapping_sha256
-from tests.support.catalog_server import CatalogServer, RawUpstream
+from tests.support.catalog_server import CatalogServer
 from tests.support.datapath import ALLOWED_CALLS, DataPath, jsonrpc, running_datapath
 from tests.support.issuer import LocalIssuer
+from tests.support.upstream import recording_upstream
 
 pytestmark = pytest.mark.integration
 
@@ -269,7 +270,8 @@ def test_a_pinned_declared_mapping_is_no_drift(tmp_path: Path) -> None:
 
 def test_a_malformed_response_reaches_the_client_as_a_json_rpc_error_not_as_the_list(tmp_path: Path) -> None:
     malformed = b'{"jsonrpc":"2.0","id":1,"result":{"tools":[{"name":"admin_a"},{"name":"admin_a"}]}'
-    with RawUpstream(malformed) as upstream, catalog_gateway(tmp_path, upstream.base_url) as shop:
+    with recording_upstream() as upstream, catalog_gateway(tmp_path, upstream.url) as shop:
+        upstream.answer_with(malformed)
         headers = {
             "host": HOST,
             "authorization": f"Bearer {shop.token('alice')}",
@@ -291,7 +293,8 @@ def test_a_list_larger_than_envoy_s_default_buffer_is_filtered_whole(tmp_path: P
     tools = [{"name": name, "description": "x" * 200, "inputSchema": {"type": "object"}} for name in names]
     big = json.dumps({"jsonrpc": "2.0", "id": 1, "result": {"tools": tools}}).encode()
     assert len(big) > 2 * 1024 * 1024
-    with RawUpstream(big) as upstream, catalog_gateway(tmp_path, upstream.base_url) as shop:
+    with recording_upstream() as upstream, catalog_gateway(tmp_path, upstream.url) as shop:
+        upstream.answer_with(big)
         headers = {"host": HOST, "authorization": f"Bearer {shop.token('alice')}", "accept-encoding": "gzip"}
         response = httpx2.post(
             shop.gateway.url + "/mcp",
@@ -302,4 +305,4 @@ def test_a_list_larger_than_envoy_s_default_buffer_is_filtered_whole(tmp_path: P
         )
     listed = [tool["name"] for tool in response.json()["result"]["tools"]]
     assert listed == [name for name in names if name.startswith("read_")]
-    assert b"accept-encoding" not in upstream.requests[-1]  # the hook must read it uncompressed
+    assert upstream.requests[-1].header("accept-encoding") == []  # the hook reads it uncompressed
