@@ -134,6 +134,11 @@ def test_two_hooks_cannot_claim_the_same_method() -> None:
         Hooks([RewritingHook(), RewritingHook(name="other")])
 
 
+def test_a_hook_name_outside_the_mark_alphabet_is_refused() -> None:
+    with pytest.raises(ValueError, match="not \\[a-z0-9-\\]\\+"):
+        Hooks([RewritingHook(name="two words")])
+
+
 def test_a_batch_engaging_two_hooks_is_refused() -> None:
     hooks = Hooks([RewritingHook(), RewritingHook(name="other", methods=frozenset({"tools/list"}))])
     with pytest.raises(ValueError, match="several response hooks"):

@@ -34,6 +34,7 @@ upstreams behind hooked requests can never take the threads that ext_authz check
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -66,6 +67,7 @@ DEFAULT_MAX_STREAMS: Final = 16
 HOOK_FAILED: Final = -32603
 
 _OVERWRITE: Final = HeaderValueOption.HeaderAppendAction.OVERWRITE_IF_EXISTS_OR_ADD
+_HOOK_NAME: Final = re.compile(r"[a-z0-9-]+")
 
 
 class HookFailure(Exception):
@@ -135,6 +137,8 @@ class Hooks:
         self._by_name: dict[str, BodyHook] = {}
         self._by_method: dict[str, str] = {}
         for hook in hooks:
+            if _HOOK_NAME.fullmatch(hook.name) is None:  # the mark is "<name> <server>"
+                raise ValueError(f"hook name {hook.name!r} is not [a-z0-9-]+")
             if hook.name in self._by_name:
                 raise ValueError(f"two hooks are named {hook.name!r}")
             self._by_name[hook.name] = hook
