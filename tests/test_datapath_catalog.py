@@ -24,6 +24,7 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 from mcp.types import CallToolRequest, CallToolRequestParams, CallToolResult, PaginatedRequestParams
 
+from callwarden.authzen.client import RemotePdps
 from callwarden.demo.agent import ToolCall, run_agent
 from callwarden.extauthz import metrics
 from callwarden.extauthz.service import Gateway, start_gateway
@@ -33,6 +34,7 @@ from callwarden.policy.mapping.digest import mapping_sha256
 from tests.support.catalog_server import CatalogServer
 from tests.support.datapath import ALLOWED_CALLS, DataPath, jsonrpc, running_datapath
 from tests.support.issuer import LocalIssuer
+from tests.support.scripted_pdp import JSON, ScriptedPdp, scripted_pdp
 from tests.support.upstream import recording_upstream
 
 pytestmark = pytest.mark.integration
@@ -122,8 +124,9 @@ class Catalog:
 
 @contextmanager
 def catalog_gateway(
-    workdir: Path, upstream: str, tools: Sequence[Mapping[str, Any]] = ()
+    workdir: Path, upstream: str, tools: Sequence[Mapping[str, Any]] = (), *, pdp_url: str | None = None
 ) -> Iterator[Catalog]:
+    """The catalog McpServer behind a gateway, decided by RULES (embedded) or by the PDP at `pdp_url`."""
     issuer = LocalIssuer()
     server = {
         "apiVersion": "callwarden.io/v1alpha1",
@@ -135,6 +138,7 @@ def catalog_gateway(
             "upstream": {"url": upstream},
             "issuers": [{"issuer": issuer.issuer, "jwksUri": issuer.jwks_uri}],
             "tools": list(tools),
+            **({"pdp": {"authzen": {"url": pdp_url, "timeoutSeconds": 2}}} if pdp_url else {}),
         },
     }
     policy = {
@@ -143,11 +147,12 @@ def catalog_gateway(
         "metadata": {"name": "shop", "namespace": "shop"},
         "spec": {"targets": ["catalog"], "rules": RULES},
     }
-    bundle = compile_bundle(config_from_objects([server, policy]))
     audit = workdir / "decisions.jsonl"
     try:
-        with start_gateway(bundle, workdir / "envoy", audit_path=str(audit)) as gateway:
-            yield Catalog(gateway, issuer, audit)
+        with RemotePdps() as remote:
+            bundle = compile_bundle(config_from_objects([server, policy]), remote_pdp=remote)
+            with start_gateway(bundle, workdir / "envoy", audit_path=str(audit)) as gateway:
+                yield Catalog(gateway, issuer, audit)
     finally:
         issuer.stop()
 
@@ -306,3 +311,60 @@ def test_a_list_larger_than_envoy_s_default_buffer_is_filtered_whole(tmp_path: P
     listed = [tool["name"] for tool in response.json()["result"]["tools"]]
     assert listed == [name for name in names if name.startswith("read_")]
     assert upstream.requests[-1].header("accept-encoding") == []  # the hook reads it uncompressed
+
+
+# --- a remote PDP: its Action Search decides the list ------------------------------------
+
+
+def permit_all_and_search(actions: Sequence[str]) -> Callable[[str, Any], tuple[int, bytes, str]]:
+    """A remote PDP permitting every call and answering action searches with `actions`."""
+
+    def answer(path: str, body: Any) -> tuple[int, bytes, str]:
+        if path.endswith("/search/action"):
+            results = [{"name": name} for name in actions]
+            return 200, json.dumps({"results": results, "page": {"next_token": ""}}).encode(), JSON
+        return 200, b'{"decision": true}', JSON
+
+    return answer
+
+
+@contextmanager
+def remote_shop(workdir: Path, upstream: str, *, search: bool) -> Iterator[tuple[Catalog, ScriptedPdp]]:
+    with scripted_pdp(None) as remote:
+        remote.answer = permit_all_and_search(["read_a", "write_a", "not_a_tool"])
+        if search:
+            assert remote.metadata is not None
+            remote.metadata["search_action_endpoint"] = remote.base_url + "/access/v1/search/action"
+        with catalog_gateway(workdir, upstream, pdp_url=remote.base_url) as shop:
+            yield shop, remote
+
+
+def test_a_remote_pdp_s_action_search_decides_the_list(shop_server: CatalogServer, tmp_path: Path) -> None:
+    with remote_shop(tmp_path, shop_server.base_url, search=True) as (shop, remote):
+        assert pages(shop, "alice") == [["read_a", "write_a"], [], []]
+    searches = [body for path, body in remote.evaluation_calls() if path.endswith("/search/action")]
+    assert len(searches) == 3 and all("action" not in body for body in searches)
+    assert {body["subject"]["id"] for body in searches} == {"alice"}
+    assert {body["resource"]["type"] for body in searches} == {"mcp_server"}
+
+
+def test_a_remote_pdp_without_action_search_lists_unfiltered_and_counts_it(
+    shop_server: CatalogServer, tmp_path: Path
+) -> None:
+    counted = metrics.CATALOG_RESPONSES.labels(server="shop/catalog", outcome="unfiltered")
+    before = counted._value.get()
+    with remote_shop(tmp_path, shop_server.base_url, search=False) as (shop, _):
+        assert pages(shop, "alice") == PAGES
+    assert counted._value.get() == before + len(PAGES)
+
+
+def test_an_action_search_that_fails_refuses_the_list(shop_server: CatalogServer, tmp_path: Path) -> None:
+    with remote_shop(tmp_path, shop_server.base_url, search=True) as (shop, remote):
+        healthy = remote.answer
+        assert healthy is not None
+        remote.answer = lambda path, body: (
+            (500, b"down", "text/plain") if "search" in path else healthy(path, body)
+        )
+        with pytest.raises(ExceptionGroup) as refused:  # the SDK's task group wraps the MCPError
+            pages(shop, "alice")
+    assert refused.group_contains(MCPError, match=r"\(pdp\)", depth=None)

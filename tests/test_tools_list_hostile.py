@@ -264,5 +264,5 @@ def test_a_server_decided_by_a_remote_pdp_lists_unfiltered_and_says_so() -> None
     before = counted._value.get()
     assert running.hook.response_body(exchange, listing(TOOL)) is None  # the intern's list, as sent
     assert counted._value.get() == before + 1
-    assert running.lines()[0]["reasons"] == ["catalog:unfiltered-remote-pdp"]
+    assert running.lines()[0]["reasons"] == ["catalog:unfiltered"]
     running.decision_log.close()

@@ -33,15 +33,18 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
 
+from callwarden.authzen.client import RemoteAuthzenPdp
 from callwarden.extauthz import metrics
 from callwarden.extauthz.audit import DecisionLog, new_decision_id
 from callwarden.extauthz.extproc import Exchange, HookFailure
 from callwarden.extauthz.jsonrpc import BodyRejected, parse_body, parse_value
 from callwarden.extauthz.sse import Event, StreamRejected, parse_events, render_event
 from callwarden.policy import strictjson
-from callwarden.policy.catalog import Catalog, Listing, catalog_for
+from callwarden.policy.catalog import Lister, Listing, SearchedCatalog, catalog_for
+from callwarden.policy.mapping import AuthorizationRequests
 from callwarden.policy.mapping.digest import declared_mapping, mapping_sha256
 from callwarden.policy.model import McpServer
+from callwarden.policy.remote import PdpUnavailable
 
 TOOLS_LIST: Final = "tools/list"
 HOOK_NAME: Final = "tools-list"
@@ -140,23 +143,21 @@ class ToolsListHook:
         ids, answerable = _request_ids(exchange)
         if not ids:  # a tools/list notification: nothing answers it
             return None
-        catalog = catalog_for(exchange.server, exchange.claims)
         filtered = _Filtered()
         try:
+            catalog, how = _catalog(exchange)
             replacement = self._rewrite(exchange, body, _Rewrite(ids, answerable, catalog, filtered))
         except _Rejected as rejected:
             metrics.CATALOG_RESPONSES.labels(server=server, outcome="rejected").inc()
             self._record(exchange, filtered, started, f"rejected:{rejected.reason}", rejected.message)
-            message = f"callwarden: the server's tools/list response was rejected ({rejected.reason})"
+            message = f"callwarden refused the tools/list answer ({rejected.reason})"
             raise HookFailure(message, RESPONSE_REJECTED, ids[0] if len(ids) == 1 else None) from None
-        outcome = "filtered" if catalog is not None else "unfiltered"
-        metrics.CATALOG_RESPONSES.labels(server=server, outcome=outcome).inc()
+        metrics.CATALOG_RESPONSES.labels(server=server, outcome=how).inc()
         if filtered.removed:
             metrics.CATALOG_TOOLS_REMOVED.labels(server=server).inc(len(filtered.removed))
         if filtered.drift:
             metrics.MAPPING_DRIFT.labels(server=server).inc(len(filtered.drift))
-        why = "catalog:filtered" if catalog is not None else "catalog:unfiltered-remote-pdp"
-        self._record(exchange, filtered, started, why, "")
+        self._record(exchange, filtered, started, f"catalog:{how}", "")
         return replacement
 
     # -- parsing and rewriting ----------------------------------------------------------
@@ -207,6 +208,30 @@ class ToolsListHook:
         )
 
 
+def _catalog(exchange: Exchange) -> tuple[Lister | None, str]:
+    """Who answers the catalog question for this exchange, and how (the metric's outcome).
+
+    The embedded PDP answers it itself. A remote PDP is asked its Action Search API with the
+    tools/list request's subject, resource and context, when its metadata offers one; one that
+    offers none leaves the list unfiltered (counted). A search that fails refuses the list.
+    """
+    local = catalog_for(exchange.server, exchange.claims)
+    if local is not None:
+        return local, "filtered"
+    pdp = exchange.server.pdp
+    if not isinstance(pdp, RemoteAuthzenPdp):
+        return None, "unfiltered"
+    mapped = exchange.server.mapping.map(TOOLS_LIST, {}, exchange.claims)
+    if not isinstance(mapped, AuthorizationRequests) or len(mapped.requests) != 1:
+        raise _Rejected("mapping", "the tools/list request maps to no single AuthZEN request")
+    request = {key: value for key, value in mapped.requests[0].items() if key != "action"}
+    try:
+        actions = pdp.search_actions(request)
+    except PdpUnavailable as error:
+        raise _Rejected("pdp", f"the AuthZEN PDP's action search failed: {error}") from None
+    return (None, "unfiltered") if actions is None else (SearchedCatalog(actions), "filtered-action-search")
+
+
 def _request_ids(exchange: Exchange) -> tuple[list[str | int], set[str | int]]:
     """The ids of the body's tools/list requests, and of all its requests (ext_authz parsed this
     body already)."""
@@ -238,7 +263,7 @@ class _Rewrite:
     the other requests of the body, whose answers pass as they are."""
 
     def __init__(
-        self, ids: Sequence[str | int], answerable: set[str | int], catalog: Catalog | None, out: _Filtered
+        self, ids: Sequence[str | int], answerable: set[str | int], catalog: Lister | None, out: _Filtered
     ) -> None:
         self._ids = ids
         self._answerable = answerable

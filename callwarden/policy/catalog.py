@@ -33,7 +33,7 @@ import functools
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, Protocol
 
 from callwarden.policy.bundle import CompiledServer
 from callwarden.policy.cel import ABSENT, Activation, Program, prepare
@@ -232,6 +232,28 @@ def _three_valued(when: Program, activation: Activation, complete: bool) -> bool
     except Exception:  # an absent (unknown) entity, or a failure: either way not decided here
         return None
     return result if type(result) is bool else None
+
+
+class Lister(Protocol):
+    """Anything that answers the catalog question for one caller, tool by tool."""
+
+    def listing(self, tool: str) -> Listing: ...
+
+
+class SearchedCatalog:
+    """The catalog a remote PDP's AuthZEN Action Search answered: the tools named among the
+    actions it permits this subject on this server (the platform's remote policy treats tool
+    names as action names)."""
+
+    def __init__(self, actions: frozenset[str]) -> None:
+        self._actions = actions
+
+    def listing(self, tool: str) -> Listing:
+        return _SEARCHED if tool in self._actions else _NOT_SEARCHED
+
+
+_SEARCHED: Final = Listing(True, "action-search")
+_NOT_SEARCHED: Final = Listing(False, "not-in-action-search")
 
 
 def catalog_for(server: CompiledServer, claims: Mapping[str, Any]) -> Catalog | None:
