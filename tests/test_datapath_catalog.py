@@ -32,7 +32,7 @@ from callwarden.policy.bundle import compile_bundle
 from callwarden.policy.loader import config_from_objects
 from callwarden.policy.mapping.digest import mapping_sha256
 from tests.support.catalog_server import CatalogServer
-from tests.support.datapath import ALLOWED_CALLS, DataPath, jsonrpc, running_datapath
+from tests.support.datapath import ALLOWED_CALLS, DataPath, jsonrpc, running_datapath, start_datapath
 from tests.support.issuer import LocalIssuer
 from tests.support.scripted_pdp import JSON, ScriptedPdp, scripted_pdp
 from tests.support.upstream import recording_upstream
@@ -103,6 +103,12 @@ def test_the_list_and_the_calls_are_decided_by_the_same_bundle_revision(datapath
     ]
     assert listing["revision"] == check["revision"] == datapath.bundle.revision
     assert listing["catalog"]["removed"] == [{"tool": "query_financials", "reason": "not-allowed"}]
+
+
+def test_the_list_is_filtered_when_envoy_asks_over_http_ext_authz_too(tmp_path: Path) -> None:
+    with start_datapath(tmp_path, transport="http") as http:
+        response = http.post("finance", jsonrpc("tools/list"), token=http.token("finance", roles=["intern"]))
+    assert response.json()["result"]["tools"] == []
 
 
 # --- the catalog server: SSE, pages, a list that changes, drift ------------------------------
