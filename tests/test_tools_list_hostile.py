@@ -170,6 +170,19 @@ def test_a_hostile_response_becomes_a_json_rpc_error_and_a_log_line(
     )
 
 
+def test_a_failure_inside_the_hook_refuses_the_list_and_still_logs_it(
+    run: Run, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A mock for a fault the real parts cannot produce on demand: a bug inside the hook.
+    def broken(tool: str) -> Any:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr("callwarden.policy.catalog.Catalog.listing", lambda self, tool: broken(tool))
+    with pytest.raises(HookFailure, match=r"\(internal-error\)"):
+        run.answer(listing(TOOL))
+    assert run.lines()[0]["reasons"] == ["rejected:internal-error"]
+
+
 def test_a_compressed_response_is_refused_not_guessed_at(run: Run) -> None:
     with pytest.raises(HookFailure, match=r"\(content-encoding\)"):
         run.answer(listing(TOOL), headers={"content-encoding": "gzip"})

@@ -27,6 +27,7 @@ is never enforced: the PEP enforces only what the bundle carries.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -45,6 +46,8 @@ from callwarden.policy.mapping import AuthorizationRequests
 from callwarden.policy.mapping.digest import declared_mapping, mapping_sha256
 from callwarden.policy.model import McpServer
 from callwarden.policy.remote import PdpUnavailable
+
+log = logging.getLogger(__name__)
 
 TOOLS_LIST: Final = "tools/list"
 HOOK_NAME: Final = "tools-list"
@@ -147,10 +150,15 @@ class ToolsListHook:
         try:
             catalog, how = _catalog(exchange)
             replacement = self._rewrite(exchange, body, _Rewrite(ids, answerable, catalog, filtered))
-        except _Rejected as rejected:
+        except Exception as error:  # _Rejected, or a bug: either way refused, and logged
+            reason, detail = (
+                (error.reason, error.message) if isinstance(error, _Rejected) else ("internal-error", "")
+            )
+            if not isinstance(error, _Rejected):
+                log.exception("the tools-list hook failed on a response of %s", server)
             metrics.CATALOG_RESPONSES.labels(server=server, outcome="rejected").inc()
-            self._record(exchange, filtered, started, f"rejected:{rejected.reason}", rejected.message)
-            message = f"callwarden refused the tools/list answer ({rejected.reason})"
+            self._record(exchange, filtered, started, f"rejected:{reason}", detail)
+            message = f"callwarden refused the tools/list answer ({reason})"
             raise HookFailure(message, RESPONSE_REJECTED, ids[0] if len(ids) == 1 else None) from None
         metrics.CATALOG_RESPONSES.labels(server=server, outcome=how).inc()
         if filtered.removed:

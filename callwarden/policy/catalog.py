@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Literal, Protocol
 
@@ -186,7 +186,7 @@ class Catalog:
             requests.append(request)
         return requests
 
-    def _listing_of(self, request: dict[str, Any], rules: tuple[CompiledRule, ...] | Any) -> Listing:
+    def _listing_of(self, request: dict[str, Any], rules: Sequence[CompiledRule]) -> Listing:
         activation, complete = self._activation(request)
         possible: list[str] = []
         for rule in rules:
