@@ -53,12 +53,14 @@ class Run:
         self,
         body: bytes,
         content_type: str = JSON,
+        *,
         claims: dict[str, Any] = ANALYST,
         request: bytes = LIST_REQUEST,
         headers: dict[str, str] | None = None,
+        status: int = 200,
     ) -> bytes | None:
         exchange = Exchange(self.hook, FINANCE, "rev-1", claims, {}, "check-id", request_body=request)
-        exchange.response_status = 200
+        exchange.response_status = status
         exchange.response_headers = {"content-type": content_type, **(headers or {})}
         return self.hook.response_body(exchange, body)
 
@@ -233,6 +235,16 @@ def test_a_look_alike_tool_name_is_removed(run: Run) -> None:
     assert answer is not None and [t["name"] for t in json.loads(answer)["result"]["tools"]] == [
         "query_financials"
     ]
+
+
+@pytest.mark.parametrize("status", [202, 204])
+def test_an_empty_no_content_answer_passes_as_sent(run: Run, status: int) -> None:
+    assert run.answer(b"", "", status=status) is None
+
+
+def test_an_empty_200_answer_is_refused(run: Run) -> None:
+    with pytest.raises(HookFailure, match=r"\(content-type\)"):
+        run.answer(b"", "")
 
 
 def test_an_error_response_passes_as_sent(run: Run) -> None:

@@ -57,6 +57,7 @@ MAX_DEPTH: Final = 128  # inputSchemas nest; far below strictjson's own ceiling
 # The decision-log line names at most this many removed tools (and always counts them all).
 MAX_NAMED: Final = 100
 RESPONSE_REJECTED: Final = -32603
+_NO_CONTENT: Final = frozenset({202, 204})
 
 
 class _Rejected(Exception):
@@ -145,6 +146,8 @@ class ToolsListHook:
         server = exchange.server.key
         ids, answerable = _request_ids(exchange)
         if not ids:  # a tools/list notification: nothing answers it
+            return None
+        if exchange.response_status in _NO_CONTENT and not body:  # no content, nothing to list
             return None
         filtered = _Filtered()
         try:
