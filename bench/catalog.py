@@ -55,9 +55,10 @@ RULES: Final = [
         "name": "reads",
         "tools": ["read_*"],
         "effect": "Allow",
-        "when": '"analyst" in subject.properties.roles',
+        "when": 'subject.id == "alice" && context.agent == "agent"',
     },
-    {"name": "admins", "tools": ["admin_*"], "effect": "Deny"},
+    # Only a Deny with a condition needs a request built; this one also removes every admin_ tool.
+    {"name": "admins", "tools": ["admin_*"], "effect": "Deny", "when": 'context.agent == "agent"'},
     {"name": "admins-allowed", "tools": ["admin_*"], "effect": "Allow"},
     {"name": "lists", "methods": ["initialize", "tools/list"], "effect": "Allow"},
 ]

@@ -19,8 +19,9 @@ the agent are known (the validated token), the call's arguments are not. Exactly
    and no Deny rule's condition is true (a Deny with no condition is true). It is **removed**
    when no rule targets it, when every Allow/RequireApproval condition is false, when a Deny
    applies whatever the arguments, or when a call could never be mapped (an invalid tool name, a
-   mapping rejected at load, a token the mapping cannot read). With an `evaluations` mapping
-   every request of the call must be possible.
+   mapping rejected at load, a token without its subject claim, or, when a rule has a condition
+   to evaluate, a known part of the request the token cannot fill). With an `evaluations`
+   mapping every request of the call must be possible.
 
 Listing is exposure control, never authorization: an unknown counts as possible, so a listed
 tool may still be denied for every argument a caller tries (a condition that always fails at run
@@ -134,8 +135,10 @@ class Catalog:
             return _NO_RULE
         mapping = self._server.mapping
         plan = mapping.tool_plan(tool)
-        if isinstance(plan, MappingCompileError):
-            return _UNMAPPABLE
+        if isinstance(plan, MappingCompileError) or type(self._token.get(mapping.subject_claim)) is not str:
+            return _UNMAPPABLE  # rejected at load, or no subject to anchor: no call can be mapped
+        if all(rule.when is None for rule in rules):  # the effects alone decide: no request to build
+            return _by_effects(rules)
         try:
             requests = self._partial_requests(plan, tool)
         except MappingFault:  # a part that needs no argument already fails: so does every call
@@ -152,9 +155,7 @@ class Catalog:
         """The call's requests with every argument-dependent entity left out (unknown)."""
         mapping = self._server.mapping
         token = self._token
-        anchor = token.get(mapping.subject_claim, ABSENT)
-        if type(anchor) is not str:
-            raise MappingFault("the token has no subject")
+        anchor: str = token[mapping.subject_claim]  # a string: `_answer` checked it
         if self._actors is _UNREAD:
             self._actors = actor_chain(token)
         inputs = CallInputs(token, {"name": tool})
@@ -212,6 +213,15 @@ class Catalog:
                 if enriched in variables:
                     variables[enriched] = _enriched(variables[enriched], enriched, information)
         return prepare(variables), len(variables) == len(_ENTITIES)
+
+
+def _by_effects(rules: Sequence[CompiledRule]) -> Listing:
+    """The listing when no rule has a condition (a mapping that would fault at call time still
+    lists the tool: listing errs toward showing, the call is denied)."""
+    denying = [rule.name for rule in rules if rule.effect == "Deny"]
+    if denying:
+        return Listing(False, "denied-regardless", (denying[0],))
+    return Listing(True, "possible", tuple(rule.name for rule in rules))
 
 
 def _enriched(
