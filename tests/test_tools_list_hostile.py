@@ -264,6 +264,13 @@ def test_a_stream_keeps_every_other_event_byte_for_byte(run: Run) -> None:
     assert json.loads(rewritten.split(b"data: ", 1)[1])["result"]["tools"] == [TOOL]
 
 
+def test_a_rewritten_stream_keeps_the_blank_lines_between_its_events(run: Run) -> None:
+    body = b"\n\ndata: " + listing(TOOL, {"name": "wire_money"}) + b"\n\n\n\n: bye\n\n\n"
+    answer = run.answer(body, SSE)
+    assert answer is not None
+    assert answer.startswith(b"\n\ndata: ") and answer.endswith(b"\n\n\n\n: bye\n\n\n")
+
+
 def test_a_stream_with_nothing_to_remove_passes_as_sent(run: Run) -> None:
     assert run.answer(b"data: " + listing(TOOL) + b"\n\n", SSE) is None
 

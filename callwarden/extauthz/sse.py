@@ -1,8 +1,8 @@
 """Server-sent events framing (WHATWG HTML §9.2), strictly, for rewriting one event in place.
 
 A streamable-HTTP MCP server may answer a POST with `text/event-stream`: each event's `data`
-is one JSON-RPC message. `parse_events` splits a complete body into its events, keeping each
-event's exact bytes so that every event a rewrite does not touch goes out byte for byte;
+is one JSON-RPC message. `parse_events` splits a complete body into its events, with where each
+one's bytes are, so that every byte a rewrite does not touch goes out as it came;
 `render_event` writes a replacement event with the same non-data fields.
 
 Strict where a lenient reader and the client could disagree about what the stream said: the
@@ -32,10 +32,12 @@ class StreamRejected(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class Event:
-    """One dispatched event: its exact bytes (blank line included), fields in order, and the
-    data (data lines joined with LF), or None for an event with no data field."""
+    """One dispatched event: where its bytes are in the body (`body[start:end]`, its blank line
+    included), its fields in order, and its data (data lines joined with LF), or None for an
+    event with no data field (a comment block, an id or retry alone)."""
 
-    raw: bytes
+    start: int
+    end: int
     fields: tuple[tuple[str, str], ...]
     data: str | None
 
@@ -47,14 +49,15 @@ def _field(line: str) -> tuple[str, str]:
     return name, value
 
 
-def _event(raw: bytes, lines: list[str]) -> Event:
+def _event(start: int, end: int, lines: list[str]) -> Event:
     fields = tuple(_field(line) for line in lines if not line.startswith(":"))
     data = [value for name, value in fields if name == "data"]
-    return Event(raw, fields, "\n".join(data) if data else None)
+    return Event(start, end, fields, "\n".join(data) if data else None)
 
 
 def parse_events(body: bytes) -> list[Event]:
-    """The events of a complete stream body; raises StreamRejected."""
+    """The events of a complete stream body, in order; raises StreamRejected. The blank lines
+    between events belong to none of them (`start`/`end` say where each one is)."""
     start = len(_BOM) if body.startswith(_BOM) else 0
     try:
         body[start:].decode("utf-8")
@@ -73,7 +76,7 @@ def parse_events(body: bytes) -> list[Event]:
             lines.append(line)
             continue
         if lines:  # a blank line dispatches the event; blank lines between events are separators
-            events.append(_event(body[event_start:position], lines))
+            events.append(_event(event_start, position, lines))
             lines = []
         event_start = position
     if lines:

@@ -294,16 +294,22 @@ class _Rewrite:
             events = parse_events(body)
         except StreamRejected as rejected:
             raise _Rejected(rejected.reason, rejected.message) from None
-        parts = [self._event(event) for event in events]
+        parts: list[bytes] = []
+        copied = 0  # every byte outside a rewritten event goes out as it came, separators too
+        for event in events:
+            replacement = self._event(event)
+            if replacement is not None:
+                parts += [body[copied : event.start], replacement]
+                copied = event.end
         self._check_answered()
-        changed = any(part is not event.raw for part, event in zip(parts, events, strict=True))
-        return b"".join(parts) if changed else None
+        return b"".join([*parts, body[copied:]]) if parts else None
 
-    def _event(self, event: Event) -> bytes:
-        if not event.data:  # a priming event (id, retry) carries no message
-            return event.raw
+    def _event(self, event: Event) -> bytes | None:
+        """The event rewritten, or None when it stays as it is."""
+        if not event.data:  # a priming event (id, retry) or a comment carries no message
+            return None
         value = _loads(event.data.encode())
-        return render_event(event, _json(value)) if self._message(value) else event.raw
+        return render_event(event, _json(value)) if self._message(value) else None
 
     def _check_answered(self) -> None:
         missing = [request_id for request_id in self._ids if request_id not in self._answered]
