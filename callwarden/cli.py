@@ -20,6 +20,7 @@ from callwarden.policy.loader import ConfigError, load_config
 from callwarden.policy.remote import RemotePdpFactory
 
 if TYPE_CHECKING:  # grpc is imported only when serving
+    from callwarden.extauthz.dpop import DpopRuntime
     from callwarden.extauthz.server import ServerTls
 
 # Exit codes of `callwarden check`, fixed so scripts and CI can rely on them.
@@ -118,7 +119,7 @@ def _wait_for_signal() -> None:
 
 def _remote_pdps() -> RemotePdpFactory:
     """The remote-PDP factory of a serving process, reporting to its Prometheus metrics."""
-    from callwarden.authzen.client import RemotePdps  # noqa: PLC0415 (httpx only when serving)
+    from callwarden.authzen.client import RemotePdps  # noqa: PLC0415 (httpx2 only when serving)
     from callwarden.extauthz.metrics import PdpMetrics  # noqa: PLC0415
 
     return RemotePdps(observer=PdpMetrics())
@@ -140,6 +141,7 @@ def _command_extauthz(args: argparse.Namespace) -> int:
         workers=args.workers,
         tls=_server_tls(args),
         http_authz_listen=args.http_authz_listen,
+        dpop=_dpop_runtime(args),
     ) as ext_authz:
         http_authz = ext_authz.http_authz
         also = f", HTTP ext_authz on port {http_authz.port}" if http_authz is not None else ""
@@ -150,6 +152,19 @@ def _command_extauthz(args: argparse.Namespace) -> int:
         )
         _wait_for_signal()
     return 0
+
+
+def _dpop_runtime(args: argparse.Namespace) -> DpopRuntime | None:
+    """The DPoP nonce keys every replica shares (a mounted Secret), or None: a random key of
+    this process alone (fine for one replica; with more, nonces only work on the one that issued them)."""
+    from callwarden.extauthz.dpop import DpopRuntime, NonceKeys, ReplayCache  # noqa: PLC0415 (serving only)
+
+    if not args.dpop_nonce_key_file:
+        return None
+    try:
+        return DpopRuntime(NonceKeys.from_file(args.dpop_nonce_key_file), ReplayCache())
+    except (OSError, ValueError) as error:
+        raise InputError(f"cannot load DPoP nonce keys from {args.dpop_nonce_key_file}: {error}") from error
 
 
 def _server_tls(args: argparse.Namespace) -> ServerTls | None:
@@ -179,6 +194,7 @@ def _extauthz_from_kubernetes(args: argparse.Namespace) -> int:
         audit_path=args.audit_log,
         workers=args.workers,
         tls=_server_tls(args),
+        dpop=_dpop_runtime(args),
     ) as running:
         where = f"namespace {args.namespace}" if args.namespace else "all namespaces"
         revision, port = running.watcher.health().revision, running.ext_authz.server.port
@@ -208,6 +224,7 @@ def _command_operator(args: argparse.Namespace) -> int:
         retry_period=args.retry_period,
         resync_seconds=args.resync_seconds,
         liveness=args.liveness,
+        metrics_listen=args.metrics_listen,
         mesh=MeshOptions(
             mode=args.mesh, extauthz_service=args.extauthz_service, istio_provider=args.istio_provider
         ),
@@ -276,6 +293,11 @@ def _add_serving_arguments(extauthz: argparse.ArgumentParser) -> None:
     extauthz.add_argument(
         "--http-authz-listen",
         help="HOST:PORT: also serve Envoy's HTTP ext_authz (http_service) there, with the same decisions",
+    )
+    extauthz.add_argument(
+        "--dpop-nonce-key-file",
+        help="DPoP nonce HMAC keys, one per line, signing with the first (mount the same Secret in every "
+        "replica; default: a random key of this process)",
     )
 
 
@@ -355,6 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--resync-seconds", type=float, default=60.0, help="reconcile every namespace this often (default 60)"
     )
     operator.add_argument("--liveness", help="kopf liveness endpoint, e.g. http://0.0.0.0:8080/healthz")
+    operator.add_argument("--metrics-listen", help="serve Prometheus metrics on HOST:PORT (default: off)")
     _add_mesh_arguments(operator)
     operator.set_defaults(handler=_command_operator)
 

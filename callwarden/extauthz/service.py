@@ -16,6 +16,7 @@ from typing import IO
 
 from callwarden.extauthz.audit import DecisionLog
 from callwarden.extauthz.decide import EnforcementState, Enforcer
+from callwarden.extauthz.dpop import DpopRuntime
 from callwarden.extauthz.envoy import EnvoyProcess, render_bootstrap
 from callwarden.extauthz.extproc import BodyHook, ExternalProcessor, Hooks
 from callwarden.extauthz.http_authz import HttpAuthzServer
@@ -33,6 +34,7 @@ class ExtAuthz:
     enforcer: Enforcer
     decision_log: DecisionLog
     jwks: JwksStore
+    dpop: DpopRuntime
     http_authz: HttpAuthzServer | None = None
 
     @property
@@ -48,7 +50,7 @@ class ExtAuthz:
 
     def swap(self, bundle: Bundle) -> None:
         """Enforce `bundle` from the next check on; in-flight checks finish on the old one."""
-        self.enforcer.swap(EnforcementState.build(bundle, self.jwks))
+        self.enforcer.swap(EnforcementState.build(bundle, self.jwks, self.dpop))
 
 
 ReadyCheck = Callable[[], tuple[bool, str]]
@@ -85,6 +87,7 @@ def start_extauthz(
     ready_checks: Sequence[ReadyCheck] = (),
     tls: ServerTls | None = None,
     http_authz_listen: str | None = None,
+    dpop: DpopRuntime | None = None,
     hooks: Sequence[BodyHook] | None = None,
 ) -> Iterator[ExtAuthz]:
     """Serve Envoy's Check for `bundle` until the block exits; the decision log is flushed then.
@@ -94,6 +97,8 @@ def start_extauthz(
     keeps up and every one of `ready_checks` says ready (e.g. a bundle watcher that has synced);
     the first check that fails gives the reason. `tls` serves gRPC over TLS. `http_authz_listen`
     also serves Envoy's HTTP ext_authz there (callwarden.extauthz.http_authz), same decisions.
+    `dpop` holds the DPoP nonce keys (from the Secret every replica mounts) and the replay
+    cache; by default a random key, which only this process accepts nonces of.
     `hooks` are the ext_proc body hooks (default: `default_hooks()`); the gRPC server serves
     ext_proc beside Check, over the same enforcement state.
     """
@@ -103,8 +108,10 @@ def start_extauthz(
             stack.callback(jwks.close)
         decision_log = DecisionLog(stream=audit_stream, path=audit_path)
         stack.callback(decision_log.close)
+        if dpop is None:
+            dpop = DpopRuntime.single_process()
         registered = Hooks(default_hooks(decision_log) if hooks is None else hooks)
-        enforcer = Enforcer(EnforcementState.build(bundle, jwks), decision_log, registered)
+        enforcer = Enforcer(EnforcementState.build(bundle, jwks, dpop), decision_log, registered)
         checks = tuple(ready_checks)
         server = serve(
             enforcer,
@@ -120,7 +127,7 @@ def start_extauthz(
         if http_authz_listen is not None:
             http_authz = HttpAuthzServer(enforcer.decide, http_authz_listen)
             stack.callback(http_authz.stop)
-        yield ExtAuthz(server, enforcer, decision_log, jwks, http_authz)
+        yield ExtAuthz(server, enforcer, decision_log, jwks, dpop, http_authz)
 
 
 @dataclass

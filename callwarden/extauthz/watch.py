@@ -33,6 +33,7 @@ from prometheus_client import Counter
 
 from callwarden.authzen.client import RemotePdps
 from callwarden.extauthz import metrics
+from callwarden.extauthz.dpop import DpopRuntime
 from callwarden.extauthz.server import DEFAULT_WORKERS, ServerTls
 from callwarden.extauthz.service import ExtAuthz, start_extauthz
 from callwarden.kube.bundles import (
@@ -339,6 +340,7 @@ def start_kubernetes_extauthz(
     audit_stream: IO[str] | None = None,
     workers: int = DEFAULT_WORKERS,
     tls: ServerTls | None = None,
+    dpop: DpopRuntime | None = None,
 ) -> Iterator[KubernetesExtAuthz]:
     """ext_authz serving the bundle the API server holds, following it until the block exits.
 
@@ -360,6 +362,7 @@ def start_kubernetes_extauthz(
             workers=workers,
             ready_checks=(watcher.readiness,),
             tls=tls,
+            dpop=dpop,
         ) as ext_authz,
     ):
         watcher.swap = ext_authz.swap

@@ -54,8 +54,12 @@ def decide(
     method: str,
     params: Mapping[str, Any] | list[Any] | None,
     claims: Mapping[str, Any],
+    *,
+    cnf: Mapping[str, Any] | None = None,
 ) -> Verdict:
     """Decide one JSON-RPC request or notification. Never raises: every failure denies.
+
+    `cnf` is the proven key of a DPoP request (`context.cnf` of every AuthZEN request).
 
     `params` as the message carries them: positional params (a list) are denied here, because no
     mapping can read them and deciding the call as if it had none would authorize something else.
@@ -63,7 +67,7 @@ def decide(
     if isinstance(params, list):
         error = JsonRpcError(DENIED, f"method {method!r}: params must be an object")
         return Verdict(False, method, None, error, ("positional-params",))
-    result = server.mapping.map(method, params, claims)
+    result = server.mapping.map(method, params, claims, cnf=cnf)
     if isinstance(result, PassThrough):
         return Verdict(True, method, None, None, ("pass-through",))
     if isinstance(result, UnknownMethod):
@@ -115,7 +119,11 @@ class Message(Protocol):
 
 
 def decide_messages(
-    server: CompiledServer, messages: Sequence[Message], claims: Mapping[str, Any]
+    server: CompiledServer,
+    messages: Sequence[Message],
+    claims: Mapping[str, Any],
+    *,
+    cnf: Mapping[str, Any] | None = None,
 ) -> list[Verdict]:
     """One verdict per message of a body; the body is allowed only if every verdict is.
 
@@ -125,7 +133,7 @@ def decide_messages(
     return [
         Verdict(True, "response", None, None, ("response",))
         if message.method is None
-        else decide(server, message.method, message.params, claims)
+        else decide(server, message.method, message.params, claims, cnf=cnf)
         for message in messages
     ]
 

@@ -21,11 +21,11 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Final
 
-import httpx
+import httpx2
 import pytest
 
 from callwarden.demo.issuers import DEFAULT_ISSUERS, RunningIssuers, start_issuers
@@ -37,6 +37,7 @@ from callwarden.extauthz.service import Gateway, start_gateway
 from callwarden.extauthz.token import JwksStore
 from callwarden.policy.bundle import Bundle, CompiledServer, compile_bundle
 from callwarden.policy.loader import Config, load_config
+from callwarden.policy.model import Dpop
 from callwarden.policy.remote import RemotePdpFactory
 
 SERVERS: Final = tuple(DEFAULT_PORTS)  # finance, documents, workflow
@@ -77,7 +78,7 @@ class DataPath:
     servers: RunningServers
     bundle: Bundle
     audit_path: Path
-    client: httpx.Client
+    client: httpx2.Client
     issuers: RunningIssuers | None = None  # the demo issuers, when the test brought none
     config: Config | None = None  # the localized configuration the bundle was compiled from
 
@@ -123,7 +124,7 @@ class DataPath:
         token: str | None = None,
         headers: Mapping[str, str] | None = None,
         path: str = MCP_PATH,
-    ) -> httpx.Response:
+    ) -> httpx2.Response:
         """One HTTP request through Envoy to server `name` (no Authorization when `token` is None)."""
         sent = {"host": self.host(name), "accept": "application/json, text/event-stream"}
         if body:
@@ -135,7 +136,7 @@ class DataPath:
 
     def post(
         self, name: str, body: bytes, *, token: str | None = None, headers: Mapping[str, str] | None = None
-    ) -> httpx.Response:
+    ) -> httpx2.Response:
         return self.send("POST", name, body, token=token, headers=headers)
 
     def executed(self, name: str) -> int:
@@ -153,7 +154,7 @@ class DataPath:
         assert len(lines) == 1, f"{len(lines)} decision log lines for {decision_id}"
         return lines[0]
 
-    def decision_of(self, response: httpx.Response) -> dict[str, Any]:
+    def decision_of(self, response: httpx2.Response) -> dict[str, Any]:
         """The decision log line of a response (deny: ext_authz's header; allow: the server's echo)."""
         return self.decision(response.headers[DECISION_HEADER])
 
@@ -166,6 +167,7 @@ def start_datapath(
     jwks: JwksStore | None = None,
     remote_pdp: RemotePdpFactory | None = None,
     transport: str = "grpc",
+    dpop: bool | Dpop = False,
     hooks: Sequence[BodyHook] | None = None,
 ) -> Iterator[DataPath]:
     """The board-packet scenario behind real Envoy, on free loopback ports, until the block exits.
@@ -173,8 +175,11 @@ def start_datapath(
     `issuers` replaces the demo issuers (keyed by server name: finance, documents, workflow);
     `jwks` is a configured key store (e.g. short refresh intervals) the caller closes;
     `remote_pdp` builds the PDP of servers whose spec names `pdp.authzen` (see `DataPath.config`);
-    `transport` is how Envoy asks the checker ("grpc" or "http" ext_authz); `hooks` replaces the
-    default ext_proc body hooks.
+    `transport` is how Envoy asks the checker ("grpc" or "http" ext_authz).
+    `dpop`: True keeps the example's `spec.dpop` (finance requires DPoP), a `Dpop` gives every
+    server that one; by default (False) DPoP is off everywhere, so tests of bearer tokens and of
+    Layer 2 send plain `Bearer` tokens to every server. `hooks` replaces the default ext_proc
+    body hooks.
     """
     with ExitStack() as stack:
         servers = stack.enter_context(start_servers(dict.fromkeys(SERVERS, 0)))
@@ -183,6 +188,8 @@ def start_datapath(
         if trusted is None:
             trusted = demo_issuers = stack.enter_context(start_issuers(dict.fromkeys(DEFAULT_ISSUERS, 0)))
         config = localize(load_config([EXAMPLE]), servers, trusted)
+        if dpop is not True:
+            config = with_dpop(config, Dpop() if dpop is False else dpop)
         bundle = compile_bundle(config, remote_pdp=remote_pdp)
         audit_path = workdir / "decisions.jsonl"
         gateway = stack.enter_context(
@@ -195,8 +202,17 @@ def start_datapath(
                 hooks=hooks,
             )
         )
-        client = stack.enter_context(httpx.Client(timeout=10.0, trust_env=False))
+        client = stack.enter_context(httpx2.Client(timeout=10.0, trust_env=False))
         yield DataPath(gateway, servers, bundle, audit_path, client, demo_issuers, config)
+
+
+def with_dpop(config: Config, dpop: Dpop) -> Config:
+    """The configuration with every McpServer's `spec.dpop` set to `dpop`."""
+    servers = {
+        key: server.model_copy(update={"spec": server.spec.model_copy(update={"dpop": dpop})})
+        for key, server in config.servers.items()
+    }
+    return replace(config, servers=servers)
 
 
 def running_datapath(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DataPath]:
