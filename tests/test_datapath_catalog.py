@@ -31,8 +31,10 @@ from callwarden.extauthz.service import Gateway, start_gateway
 from callwarden.policy.bundle import compile_bundle
 from callwarden.policy.loader import config_from_objects
 from callwarden.policy.mapping.digest import mapping_sha256
+from callwarden.policy.model import Dpop
 from tests.support.catalog_server import CatalogServer
 from tests.support.datapath import ALLOWED_CALLS, DataPath, jsonrpc, running_datapath, start_datapath
+from tests.support.dpop import ProofKey
 from tests.support.issuer import LocalIssuer
 from tests.support.scripted_pdp import JSON, ScriptedPdp, scripted_pdp
 from tests.support.upstream import recording_upstream
@@ -108,6 +110,16 @@ def test_the_list_and_the_calls_are_decided_by_the_same_bundle_revision(datapath
 def test_the_list_is_filtered_when_envoy_asks_over_http_ext_authz_too(tmp_path: Path) -> None:
     with start_datapath(tmp_path, transport="http") as http:
         response = http.post("finance", jsonrpc("tools/list"), token=http.token("finance", roles=["intern"]))
+    assert response.json()["result"]["tools"] == []
+
+
+def test_a_dpop_bound_caller_s_list_is_filtered_too(tmp_path: Path) -> None:
+    with start_datapath(tmp_path, dpop=Dpop(mode="allowed")) as bound:
+        key = ProofKey()
+        token = bound.token("finance", roles=["intern"], extra={"cnf": {"jkt": key.jkt}})
+        proof = key.proof("POST", "http://finance.board.example/mcp", token)
+        headers = {"authorization": f"DPoP {token}", "dpop": proof}
+        response = bound.post("finance", jsonrpc("tools/list"), headers=headers)
     assert response.json()["result"]["tools"] == []
 
 
