@@ -34,9 +34,11 @@ from callwarden.extauthz import metrics  # noqa: E402
 from callwarden.extauthz.audit import DecisionLog, new_decision_id  # noqa: E402
 from callwarden.extauthz.decide import DECISION_HEADER, EnforcementState, Enforcer  # noqa: E402
 from callwarden.extauthz.dpop import DpopRuntime, DpopVerifier  # noqa: E402
+from callwarden.extauthz.extproc import Hooks  # noqa: E402
 from callwarden.extauthz.jsonrpc import parse_body  # noqa: E402
 from callwarden.extauthz.mission import MISSION_HEADER, MissionBook, presented_mission  # noqa: E402
 from callwarden.extauthz.responses import allow_response  # noqa: E402
+from callwarden.extauthz.service import default_hooks  # noqa: E402
 from callwarden.extauthz.token import JwksStore, TokenValidator  # noqa: E402
 from callwarden.policy.bundle import Bundle, compile_bundle  # noqa: E402
 from callwarden.policy.decide import decide  # noqa: E402
@@ -207,13 +209,15 @@ def measure(smoke: bool) -> dict[str, Any]:
         log_path = Path(tmp) / "decisions.log"
         decision_log = DecisionLog(path=str(log_path))
         book, mission_header = approved_missions()
-        enforcer = Enforcer(EnforcementState.build(bundle, jwks), decision_log, book)
+        enforcer = Enforcer(EnforcementState.build(bundle, jwks), decision_log, missions=book)
         line = _sample_line(enforcer, check, log_path, decision_log)
         plain_headers = check.attributes.request.http.headers
         under_mission = check_request(bodies["allowed"], rs_tokens[0])
         under_mission.attributes.request.http.headers[MISSION_HEADER] = mission_header
         mission_headers = under_mission.attributes.request.http.headers
         active = book.bind(finance, presented_mission(mission_headers, claims) or ("", ""), claims)
+        hooks = Hooks(default_hooks(decision_log))  # what the data path runs: the tools-list hook
+        hooked = Enforcer(EnforcementState.build(bundle, jwks), decision_log, hooks)
 
         def log_and_flush() -> None:
             for _ in range(100):
@@ -250,6 +254,7 @@ def measure(smoke: bool) -> dict[str, Any]:
                 lambda: allow_response({DECISION_HEADER: "01J0000000000000000000000"}, []).SerializeToString()
             ),
             "metrics (counter + histogram)": us(_metrics_once),
+            "body hook lookup (tools/call: no ext_proc hook)": us(lambda: hooks.for_methods(["tools/call"])),
             "decision log: record (caller's share)": us(lambda: decision_log.record(line)),
             "decision log: record + write (per line, amortised)": round(
                 us(log_and_flush, scale=100) / 100, 2
@@ -261,6 +266,7 @@ def measure(smoke: bool) -> dict[str, Any]:
             "Enforcer.check, allowed under a mission, cached token": us(
                 lambda: enforcer.check(under_mission)
             ),
+            "Enforcer.check, allowed, cached token, body hooks registered": us(lambda: hooked.check(check)),
             "Enforcer.check, denied, cached token": us(
                 lambda: enforcer.check(check_request(bodies["denied"], rs_tokens[0])), scale=2
             ),

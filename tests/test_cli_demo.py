@@ -86,3 +86,16 @@ def test_the_demo_tells_the_mission_story_and_prints_its_audit_trail(
         ("allow", "notify_reviewer", "resource=reviewer_group/all-staff"),
     ]
     assert "verified: every call carries the mission's approved reference" in trail
+
+
+def test_the_demo_shows_the_analyst_s_and_the_intern_s_catalogs_side_by_side(
+    demo: subprocess.CompletedProcess[str],
+) -> None:
+    lines = demo.stdout.splitlines()
+    start = lines.index("tools/list, filtered by the same policy (the board agent for each caller):") + 1
+    assert [line.split() for line in lines[start : start + 4]] == [
+        ["server", "analyst", "(alice)", "intern", "(bob)"],
+        ["finance", "query_financials", "(none)"],
+        ["documents", "create_doc", "(none)"],
+        ["workflow", "notify_reviewer", "(none)"],
+    ]

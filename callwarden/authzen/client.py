@@ -52,6 +52,8 @@ MAX_DEPTH: Final = 64
 # What a decision's context may contribute to an audit line; a PDP's context is free-form.
 MAX_REASONS: Final = 32
 MAX_TEXT: Final = 300
+# An action search answered over more pages than this is refused (a PDP looping its tokens).
+MAX_SEARCH_PAGES: Final = 64
 
 
 class PdpObserver(Protocol):
@@ -89,6 +91,7 @@ def _malformed(what: str) -> RemotePdpError:
 class _Endpoints:
     evaluation: str
     evaluations: str | None  # None: the PDP has no Access Evaluations API; fan out
+    action_search: str | None = None  # None: no Action Search API (tools/list passes unfiltered)
 
 
 class _Breaker:
@@ -250,6 +253,28 @@ class RemoteAuthzenPdp:
             self._cache.put(key, decisions)
         return decisions
 
+    def search_actions(self, request: Mapping[str, Any]) -> frozenset[str] | None:
+        """The action names the PDP's Action Search API permits for `request` (subject,
+        resource, context), every page of them; None when its metadata names no action search
+        endpoint (only metadata can: there is no default path to guess). Raises RemotePdpError."""
+        try:
+            self._breaker.admit()
+        except RemotePdpError as error:
+            self._observer.error(error.reason)
+            raise
+        try:
+            endpoint = self._endpoints().action_search
+            if endpoint is None:
+                self._breaker.succeeded()
+                return None
+            names = _search_pages(lambda body: self._post(endpoint, body, "search_action"), dict(request))
+        except RemotePdpError as error:
+            self._breaker.failed()
+            self._observer.error(error.reason)
+            raise
+        self._breaker.succeeded()
+        return names
+
     # -- the exchanges --
 
     def _ask(self, requests: Sequence[Mapping[str, Any]]) -> list[Decision]:
@@ -291,7 +316,11 @@ class RemoteAuthzenPdp:
                 "metadata", "the AuthZEN PDP's metadata names another policy_decision_point; not used"
             )
         evaluation = _endpoint(value, "access_evaluation_endpoint") or self._defaults.evaluation
-        return _Endpoints(evaluation, _endpoint(value, "access_evaluations_endpoint"))
+        return _Endpoints(
+            evaluation,
+            _endpoint(value, "access_evaluations_endpoint"),
+            _endpoint(value, "search_action_endpoint"),
+        )
 
     def _post(self, url: str, body: Mapping[str, Any], api: str) -> Any:
         return self._exchange("POST", url, orjson.dumps(body), api)[1]
@@ -346,6 +375,28 @@ def _endpoint(metadata: Mapping[str, Any], name: str) -> str | None:
     if parts is None or parts.scheme not in ("http", "https") or not parts.netloc or parts.fragment:
         raise RemotePdpError("metadata", f"the AuthZEN PDP's metadata has an invalid {name}")
     return str(value)
+
+
+def _search_pages(post: Callable[[Mapping[str, Any]], Any], request: dict[str, Any]) -> frozenset[str]:
+    """Every `results[].name` of an Action Search, following `page.next_token` (bounded)."""
+    names: set[str] = set()
+    body = request
+    for _ in range(MAX_SEARCH_PAGES):
+        answer = post(body)
+        results = answer.get("results") if isinstance(answer, dict) else None
+        if not isinstance(results, list) or not all(
+            isinstance(item, dict) and isinstance(item.get("name"), str) for item in results
+        ):
+            raise _malformed("the action search answer has no results array of {name} objects")
+        names.update(item["name"] for item in results)
+        page = answer.get("page")
+        token = page.get("next_token") if isinstance(page, dict) else None
+        if not token:
+            return frozenset(names)
+        if not isinstance(token, str):
+            raise _malformed("the action search answer's page.next_token is not a string")
+        body = {**request, "page": {"token": token}}
+    raise _malformed(f"the action search answer runs past {MAX_SEARCH_PAGES} pages")
 
 
 def _decision(value: Any, where: str) -> Decision:

@@ -26,6 +26,7 @@ from callwarden.extauthz import metrics
 from callwarden.extauthz.audit import DecisionLog, new_decision_id
 from callwarden.extauthz.credentials import Authenticated, Authenticator, Unauthenticated
 from callwarden.extauthz.dpop import DpopRuntime, DpopVerifier
+from callwarden.extauthz.extproc import HOOK_HEADER, Hooks, hook_mark
 from callwarden.extauthz.jsonrpc import BodyRejected, JsonRpcMessage, parse_body
 from callwarden.extauthz.mission import MissionBook, presented_mission
 from callwarden.extauthz.responses import CHECKER_FAILED_BODY, allow_response, deny_response
@@ -130,16 +131,22 @@ class _Outcome:
     body: bytes = b""
     headers: dict[str, str] = field(default_factory=dict)
     mission: dict[str, str] | None = None  # the mission presented (id, reference), bound or not
+    hook: str | None = None  # the ext_proc hook an allowed body engages (extproc.py)
 
 
 class Enforcer:
     """The ext_authz `Checker`: decides every request by the current enforcement state."""
 
     def __init__(
-        self, state: EnforcementState, decision_log: DecisionLog, missions: MissionBook | None = None
+        self,
+        state: EnforcementState,
+        decision_log: DecisionLog,
+        hooks: Hooks | None = None,
+        missions: MissionBook | None = None,
     ) -> None:
         self._state = state
         self._log = decision_log
+        self._hooks = hooks if hooks is not None else Hooks()
         # Without a store no mission is known: a presented mission is denied, never ignored.
         self.missions = missions if missions is not None else MissionBook()
 
@@ -177,7 +184,10 @@ class Enforcer:
                 for name in request.headers
                 if name.startswith(RESERVED_HEADER_PREFIX) and name != DECISION_HEADER
             )
-            return Answer(True, 200, b"", {DECISION_HEADER: decision_id}, forged, outcome.headers)
+            added = {DECISION_HEADER: decision_id}
+            if outcome.hook is not None:  # a client-sent value is in `forged`, and replaced
+                added[HOOK_HEADER] = hook_mark(outcome.hook, outcome.server or "")
+            return Answer(True, 200, b"", added, forged, outcome.headers)
         return Answer(False, outcome.status, outcome.body, {**outcome.headers, DECISION_HEADER: decision_id})
 
     # -- the decision ------------------------------------------------------------------
@@ -261,6 +271,11 @@ class Enforcer:
         denied = [v for v in verdicts if not v.allowed]
         outcome = _Outcome(not denied, 200, server=server.key, http_method="POST", verdicts=verdicts)
         outcome.reasons = deciding_reasons(verdicts)
+        if not denied and self._hooks:
+            try:
+                outcome.hook = self._hooks.for_methods([message.method for message in body.messages])
+            except ValueError as mixed:
+                return _body_denial(server, status, "mixed-hooks", str(mixed))
         if denied:
             outcome.status = status
             outcome.code = denied[0].code
@@ -292,6 +307,7 @@ class Enforcer:
             "message": outcome.message,
             "revision": revision,
             "latency_ms": round(latency * 1000, 3),
+            **({"hook": outcome.hook} if outcome.hook is not None else {}),
         }
         if outcome.mission is not None:  # only when present: plain calls log what they always did
             line["mission"] = outcome.mission

@@ -47,6 +47,7 @@ __all__ = [
     "NO_RULE_ALLOWS",
     "RULE_VARIABLES",
     "AuthzenRequestError",
+    "CompiledRule",
     "Decision",
     "EmbeddedPdp",
     "PolicyCompileError",
@@ -113,6 +114,10 @@ class _CompiledRule:
     methods: tuple[str, ...]
 
 
+# What `tool_rules` hands out: read-only, for the catalog question (`policy.catalog`).
+CompiledRule = _CompiledRule
+
+
 class _Malformed(Exception):
     """The request cannot be routed to rules; it is denied with this message."""
 
@@ -176,6 +181,10 @@ class EmbeddedPdp:
         self._methods = _NameIndex((glob, rule) for rule in rules for glob in rule.methods)
         self.information = information
         self.approvals = approvals
+
+    def tool_rules(self, tool: str) -> Sequence[CompiledRule]:
+        """The rules that target a tools/call of `tool`, in evaluation order (`policy.catalog`)."""
+        return self._tools.candidates(tool)
 
     def action_names(self) -> tuple[str, ...]:
         """The action names that rules target literally (`tools` entries without wildcards)."""

@@ -32,6 +32,7 @@ from callwarden.demo.issuers import DEFAULT_ISSUERS, RunningIssuers, start_issue
 from callwarden.demo.run import EXAMPLE, NAMESPACE, Issuers, localize
 from callwarden.demo.servers import DEFAULT_PORTS, RunningServers, start_servers
 from callwarden.extauthz.decide import DECISION_HEADER
+from callwarden.extauthz.extproc import BodyHook
 from callwarden.extauthz.mission import MissionBook
 from callwarden.extauthz.service import Gateway, start_gateway
 from callwarden.extauthz.token import JwksStore
@@ -168,6 +169,7 @@ def start_datapath(
     remote_pdp: RemotePdpFactory | None = None,
     transport: str = "grpc",
     dpop: bool | Dpop = False,
+    hooks: Sequence[BodyHook] | None = None,
     missions: MissionBook | None = None,
 ) -> Iterator[DataPath]:
     """The board-packet scenario behind real Envoy, on free loopback ports, until the block exits.
@@ -178,8 +180,9 @@ def start_datapath(
     `transport` is how Envoy asks the checker ("grpc" or "http" ext_authz).
     `dpop`: True keeps the example's `spec.dpop` (finance requires DPoP), a `Dpop` gives every
     server that one; by default (False) DPoP is off everywhere, so tests of bearer tokens and of
-    Layer 2 send plain `Bearer` tokens to every server. `missions` are the missions calls may
-    bind to (`callwarden-mission` header).
+    Layer 2 send plain `Bearer` tokens to every server. `hooks` replaces the default ext_proc
+    body hooks. `missions` are the
+    missions calls may bind to (`callwarden-mission` header).
     """
     with ExitStack() as stack:
         servers = stack.enter_context(start_servers(dict.fromkeys(SERVERS, 0)))
@@ -199,6 +202,7 @@ def start_datapath(
                 audit_path=str(audit_path),
                 jwks=jwks,
                 transport=transport,
+                hooks=hooks,
                 missions=missions,
             )
         )
