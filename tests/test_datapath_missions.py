@@ -14,6 +14,7 @@ import httpx2
 import orjson
 import pytest
 
+from callwarden.demo.agent import run_agent
 from callwarden.extauthz.mission import MissionBook
 from callwarden.policy.mission import mission_reference
 from callwarden.policy.model import Mission
@@ -218,3 +219,21 @@ def test_a_repeated_header_is_refused_whole(datapath: DataPath, book: MissionBoo
         ],
     )
     assert datapath.decision_of(response)["reasons"] == ["mission-header"]
+
+
+DOCUMENTS_ONLY = approved(
+    make_mission(name="documents-only", scope=[{"servers": ["documents"], "tools": ["create_doc"]}])
+)
+
+
+def listed(dp: DataPath, server: str, headers: dict[str, str] | None = None) -> tuple[str, ...]:
+    return run_agent(dp.url, dp.token(server), [], host=dp.host(server), headers=headers).tools
+
+
+def test_a_tools_list_under_a_mission_lists_only_what_the_mission_can_reach(
+    datapath: DataPath, book: MissionBook
+) -> None:
+    book.update([DOCUMENTS_ONLY])
+    assert listed(datapath, "finance") == ("query_financials",)  # no mission: the caller's catalog
+    assert listed(datapath, "finance", header(DOCUMENTS_ONLY)) == ()
+    assert listed(datapath, "documents", header(DOCUMENTS_ONLY)) == ("create_doc",)

@@ -33,6 +33,7 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 from callwarden.policy.bundle import CompiledServer
+from callwarden.policy.catalog import Lister, Listing
 from callwarden.policy.decide import DENIED, JsonRpcError, Verdict
 from callwarden.policy.mapping.server import actor_chain
 from callwarden.policy.mapping.values import MappingFault
@@ -111,6 +112,29 @@ def presented_mission(headers: Mapping[str, str], claims: Mapping[str, Any]) -> 
     return presented
 
 
+# A tools/list under a mission lists what the mission can reach, of what the caller could call.
+_OUTSIDE_MISSION: Final = Listing(False, "outside-mission")
+_NOT_BOUND: Final = Listing(False, "mission-not-bound")
+_POSSIBLE: Final = Listing(True, "possible")
+
+
+class MissionCatalog:
+    """The catalog question under a mission: a tool is listed when the caller could call it
+    (`inner`; None when nothing else filters) and a grant of the mission can reach it."""
+
+    def __init__(self, inner: Lister | None, active: ActiveMission | None, server: str) -> None:
+        self._inner = inner
+        self._active = active  # None: the mission no longer binds (revoked since the check)
+        self._server = server
+
+    def listing(self, tool: str) -> Listing:
+        if self._active is None:
+            return _NOT_BOUND
+        if not self._active.reaches(self._server, tool):
+            return _OUTSIDE_MISSION
+        return self._inner.listing(tool) if self._inner is not None else _POSSIBLE
+
+
 class MissionBook:
     """The missions one ext_authz process enforces: an index swapped as one reference."""
 
@@ -144,6 +168,24 @@ class MissionBook:
         actors = None if chain is None else [actor["sub"] for actor in chain]
         active.check_caller(claims.get(identity.subject_claim), claims.get(identity.agent_claim), actors)
         return active
+
+    def narrow(
+        self,
+        server: CompiledServer,
+        headers: Mapping[str, str],
+        claims: Mapping[str, Any],
+        lister: Lister | None,
+    ) -> Lister | None:
+        """The catalog of a tools/list: `lister` as it is for a request naming no mission, else
+        narrowed to what the mission reaches (nothing, if it no longer binds)."""
+        try:
+            presented = presented_mission(headers, claims)
+            if presented is None:
+                return lister
+            active: ActiveMission | None = self.bind(server, presented, claims)
+        except MissionRejected:
+            active = None
+        return MissionCatalog(lister, active, server.key)
 
     def propose_expansions(self, active: ActiveMission, verdicts: Sequence[Verdict]) -> list[Verdict]:
         """Propose a child mission for each call found outside `active`. The verdicts, with those

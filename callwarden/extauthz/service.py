@@ -57,9 +57,10 @@ class ExtAuthz:
 ReadyCheck = Callable[[], tuple[bool, str]]
 
 
-def default_hooks(decision_log: DecisionLog) -> tuple[BodyHook, ...]:
-    """The body hooks every enforcement point runs unless told otherwise."""
-    return (ToolsListHook(decision_log),)
+def default_hooks(decision_log: DecisionLog, missions: MissionBook | None = None) -> tuple[BodyHook, ...]:
+    """The body hooks every enforcement point runs unless told otherwise (`missions`: the book
+    the checks bind to, so a tools/list under a mission lists what the mission can reach)."""
+    return (ToolsListHook(decision_log, missions=missions),)
 
 
 def _readiness(decision_log: DecisionLog, checks: Sequence[ReadyCheck]) -> tuple[bool, str]:
@@ -113,7 +114,9 @@ def start_extauthz(
         stack.callback(decision_log.close)
         if dpop is None:
             dpop = DpopRuntime.single_process()
-        registered = Hooks(default_hooks(decision_log) if hooks is None else hooks)
+        if missions is None:
+            missions = MissionBook()
+        registered = Hooks(default_hooks(decision_log, missions) if hooks is None else hooks)
         enforcer = Enforcer(
             EnforcementState.build(bundle, jwks, dpop), decision_log, registered, missions=missions
         )

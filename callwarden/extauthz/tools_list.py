@@ -39,6 +39,7 @@ from callwarden.extauthz import metrics
 from callwarden.extauthz.audit import DecisionLog, new_decision_id
 from callwarden.extauthz.extproc import Exchange, HookFailure
 from callwarden.extauthz.jsonrpc import BodyRejected, parse_body, parse_value
+from callwarden.extauthz.mission import MissionBook
 from callwarden.extauthz.sse import Event, StreamRejected, parse_events, render_event
 from callwarden.policy import strictjson
 from callwarden.policy.catalog import Lister, Listing, SearchedCatalog, catalog_for
@@ -133,10 +134,15 @@ class ToolsListHook:
     wants_response_body: Final = True
 
     def __init__(
-        self, decision_log: DecisionLog, *, max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
+        self,
+        decision_log: DecisionLog,
+        *,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+        missions: MissionBook | None = None,
     ) -> None:
         self._log = decision_log
         self._max_response_bytes = max_response_bytes
+        self._missions = missions  # a list under a mission shows only what it can reach
 
     def request_body(self, exchange: Exchange, body: bytes) -> bytes | None:
         return None
@@ -152,6 +158,10 @@ class ToolsListHook:
         filtered = _Filtered()
         try:
             catalog, how = _catalog(exchange)
+            if self._missions is not None:
+                catalog = self._missions.narrow(
+                    exchange.server, exchange.request_headers, exchange.claims, catalog
+                )
             replacement = self._rewrite(exchange, body, _Rewrite(ids, answerable, catalog, filtered))
         except Exception as error:  # _Rejected, or a bug: either way refused, and logged
             reason, detail = (
