@@ -38,11 +38,16 @@ CALLWARDEN: Final = str(Path(sys.executable).parent / "callwarden")
 ROOT: Final = Path(__file__).resolve().parents[1]
 
 
+ROLES: Final = str(ROOT / "deploy" / "rbac" / "missions.yaml")
+
+
 @pytest.fixture(scope="module")
-def crds(kube: KubeEnvironment) -> KubeEnvironment:
-    kube.kubectl("apply", "-f", "crds/", "-f", str(ROOT / "deploy" / "rbac" / "missions.yaml"))
+def crds(kube: KubeEnvironment) -> Iterator[KubeEnvironment]:
+    kube.kubectl("apply", "-f", "crds/", "-f", ROLES)
     kube.kubectl("wait", "--for=condition=Established", "crd/missions.callwarden.io", "--timeout=60s")
-    return kube
+    yield kube
+    # The chart installs ClusterRoles of the same names: leave none behind for its tests.
+    kube.kubectl("delete", "-f", ROLES, "--ignore-not-found")
 
 
 @pytest.fixture
