@@ -225,23 +225,22 @@ def test_a_deny_rule_overlapping_the_scope_wins() -> None:
     assert decision.reasons == ("board-packet/guard/no-finance",)
 
 
-def test_a_call_outside_the_scope_is_a_requestable_denial_naming_the_proposed_expansion() -> None:
+def test_a_call_outside_the_scope_is_denied_naming_the_proposed_expansion() -> None:
     mission = active(approved(BOARD_PACKET))
     call = request("workflow", "notify_reviewer", "all-staff")
     decision = decide(mission, call)
     expansion = child_key(
         mission, child_spec(mission, "board-packet/workflow", "notify_reviewer", call["resource"])
     )
-    assert not decision.allowed and decision.requestable
+    assert not decision.allowed and not decision.requestable  # no per-call access request beside it
     assert decision.reasons == (f"mission-outside:{KEY}",)
     assert f"proposed expansion {expansion}" in decision.message
 
 
 def test_a_standing_allow_rule_does_not_widen_the_mission() -> None:
     allow = {"name": "anything", "tools": ["*"], "effect": "Allow"}
-    assert decide(
-        active(approved(BOARD_PACKET)), request("finance", "transfer_funds", "x"), allow
-    ).requestable
+    decision = decide(active(approved(BOARD_PACKET)), request("finance", "transfer_funds", "x"), allow)
+    assert decision.reasons == (f"mission-outside:{KEY}",)
 
 
 def test_a_grant_on_another_server_does_not_cover_the_same_tool_here() -> None:

@@ -40,9 +40,7 @@ def outside(group: str) -> Verdict:
         },
     }
     error = JsonRpcError(-32001, "outside")
-    return Verdict(
-        False, "tools/call", "notify_reviewer", error, (f"{OUTSIDE_PREFIX}{KEY}",), (request,), True
-    )
+    return Verdict(False, "tools/call", "notify_reviewer", error, (f"{OUTSIDE_PREFIX}{KEY}",), (request,))
 
 
 def resolved(book: MissionBook) -> ActiveMission:
@@ -74,7 +72,7 @@ def test_past_the_pending_limit_nothing_more_is_proposed_and_the_denial_says_why
         book.propose_expansions(active, [outside(f"group-{index}")])
     book.update(records.all())
     [answer] = book.propose_expansions(active, [outside("one-too-many")])
-    assert not answer.requestable and answer.error is not None
+    assert answer.error is not None
     assert f"already has {MAX_PENDING_EXPANSIONS} expansions pending review" in answer.error.message
     assert records.get(expansion(active, "one-too-many")) is None
     assert len(records.all()) == 1 + MAX_PENDING_EXPANSIONS

@@ -189,7 +189,7 @@ class MissionBook:
 
     def propose_expansions(self, active: ActiveMission, verdicts: Sequence[Verdict]) -> list[Verdict]:
         """Propose a child mission for each call found outside `active`. The verdicts, with those
-        whose expansion was not proposed (too many pending) saying so and no longer requestable."""
+        whose expansion was not proposed (too many pending) saying so."""
         outside = f"{OUTSIDE_PREFIX}{active.key}"
         answered: list[Verdict] = []
         for verdict in verdicts:
@@ -225,4 +225,4 @@ def _not_proposed(verdict: Verdict, active: ActiveMission) -> Verdict:
         f"{MAX_PENDING_EXPANSIONS} expansions pending review; nothing more is proposed until they are decided"
     )
     error = JsonRpcError(DENIED, message)
-    return dataclasses.replace(verdict, error=error, requestable=False)
+    return dataclasses.replace(verdict, error=error)

@@ -25,9 +25,12 @@ whose grant did. A child never outlives its parent (its expiry is the earlier of
 **Deciding under a mission** (`decide_in_mission`): ToolPolicy decides first. A Deny rule (or a
 rule whose condition failed) stands: a mission never widens past platform guardrails. Else a
 tools/call inside the scope is allowed by the mission, RequireApproval included (the person
-approved the whole task once). Else it is outside the mission: a requestable denial whose
-expansion is a child mission for the missing grant, even when a standing Allow rule would have
-allowed it, because the agent is acting for this task and anything beyond it needs a person.
+approved the whole task once). Else it is outside the mission: a denial that a person can lift
+by approving the expansion it proposes (a child mission for the missing grant), even when a
+standing Allow rule would have allowed it, because the agent is acting for this task and anything
+beyond it needs a person. Such a denial is not `requestable` in the approvals sense: what is
+asked for is a wider task, not this one call, so no per-call access request is opened beside it
+(and the identical retry after the expansion is approved is simply allowed).
 Methods other than tools/call (initialize, tools/list) are decided by ToolPolicy alone.
 """
 
@@ -404,7 +407,7 @@ def decide_in_mission(decision: Decision, request: Mapping[str, Any], mission: A
     detail = "; ".join(failures) or f"no grant covers tool {tool!r} on {server}"
     child = child_key(mission, child_spec(mission, server, tool, request["resource"]))
     message = f"outside mission {mission.key}: {detail}; proposed expansion {child} for a reviewer to approve"
-    return Decision(False, (f"{OUTSIDE_PREFIX}{mission.key}",), message, requestable=True)
+    return Decision(False, (f"{OUTSIDE_PREFIX}{mission.key}",), message)
 
 
 def _allowed(grant: CompiledGrant) -> Decision:
