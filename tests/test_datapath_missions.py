@@ -237,3 +237,14 @@ def test_a_tools_list_under_a_mission_lists_only_what_the_mission_can_reach(
     assert listed(datapath, "finance") == ("query_financials",)  # no mission: the caller's catalog
     assert listed(datapath, "finance", header(DOCUMENTS_ONLY)) == ()
     assert listed(datapath, "documents", header(DOCUMENTS_ONLY)) == ("create_doc",)
+
+
+def test_a_refused_calls_log_line_still_names_who_asked(datapath: DataPath, book: MissionBook) -> None:
+    book.update([moved(APPROVED, "revoke")])
+    line = datapath.decision_of(call(datapath, APPROVED))
+    assert line["mission"] | {"reference": "-"} == {
+        "id": KEY,
+        "reference": "-",
+        "subject": "alice",
+        "agent": "board-agent",
+    }

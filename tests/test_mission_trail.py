@@ -155,3 +155,16 @@ def test_shuffled_lines_from_three_replicas_give_byte_identical_output(seed: int
 def test_a_line_that_is_not_a_decision_line_is_named(entry: Any) -> None:
     with pytest.raises(TrailError, match="log:0"):
         build_trail([MISSION], [("log:0", entry)])
+
+
+def test_a_call_refused_for_its_mission_is_shown_with_the_caller_the_line_names() -> None:
+    refused = line(
+        7,
+        "01R",
+        decision="deny",
+        reasons=("mission-revoked",),
+        mission={**BOUND, "subject": "alice", "agent": "board-agent"},
+    )
+    refused["requests"] = []  # it reached no PDP
+    [event] = [e for e in trail([refused])["events"] if e["kind"] == "call"]
+    assert (event["subject"], event["agent"], event["rules"]) == ("alice", "board-agent", ["mission-revoked"])

@@ -222,6 +222,8 @@ class Enforcer:
         outcome = self._after_token(server, http, credentials, method, mission)
         if presented is not None:
             outcome.mission = {"id": presented[0], "reference": presented[1]}
+            if isinstance(mission, MissionRejected):  # no AuthZEN request says who asked: say it here
+                outcome.mission |= _caller(server, credentials.claims)
         outcome.headers.update(credentials.response_headers)  # on an allow: to the client too
         return outcome
 
@@ -338,6 +340,13 @@ def _call_line(verdict: Verdict) -> dict[str, Any]:
         "reasons": list(verdict.reasons),
         "request_count": len(verdict.requests),
     }
+
+
+def _caller(server: CompiledServer, claims: Mapping[str, Any]) -> dict[str, str]:
+    """The token's subject and agent, as the server's identity claims name them (strings only)."""
+    identity = server.server.spec.identity
+    named = {"subject": claims.get(identity.subject_claim), "agent": claims.get(identity.agent_claim)}
+    return {key: value for key, value in named.items() if isinstance(value, str)}
 
 
 def mission_denials(messages: Sequence[JsonRpcMessage], rejected: MissionRejected) -> list[Verdict]:

@@ -71,6 +71,8 @@ def _call(line: Mapping[str, Any], kind: str) -> dict[str, Any]:
     request = _first_request(line)
     context, resource, subject = (_member(request, name) for name in ("context", "resource", "subject"))
     reasons = [r for r in line.get("reasons") or () if type(r) is str]
+    # A call refused for its mission reached no PDP: the line's mission member names the caller.
+    mission = _member(line, "mission")
     event: dict[str, Any] = {
         "kind": kind,
         "time": line["time"],
@@ -81,8 +83,8 @@ def _call(line: Mapping[str, Any], kind: str) -> dict[str, Any]:
         "decision": line.get("decision"),
         "code": line.get("code"),
         "rules": reasons,
-        "subject": subject.get("id"),
-        "agent": context.get("agent"),
+        "subject": subject.get("id", mission.get("subject")),
+        "agent": context.get("agent", mission.get("agent")),
         "actors": [a.get("sub") for a in context.get("actors") or () if type(a) is dict],
         "resource": f"{resource.get('type', '-')}/{resource.get('id', '-')}" if resource else None,
     }
