@@ -18,9 +18,11 @@ from callwarden.extauthz.audit import DecisionLog
 from callwarden.extauthz.decide import EnforcementState, Enforcer
 from callwarden.extauthz.dpop import DpopRuntime
 from callwarden.extauthz.envoy import EnvoyProcess, render_bootstrap
+from callwarden.extauthz.extproc import BodyHook, ExternalProcessor, Hooks
 from callwarden.extauthz.http_authz import HttpAuthzServer
 from callwarden.extauthz.server import DEFAULT_WORKERS, RunningServer, ServerTls, serve
 from callwarden.extauthz.token import JwksStore
+from callwarden.extauthz.tools_list import ToolsListHook
 from callwarden.policy.bundle import Bundle
 
 
@@ -54,6 +56,11 @@ class ExtAuthz:
 ReadyCheck = Callable[[], tuple[bool, str]]
 
 
+def default_hooks(decision_log: DecisionLog) -> tuple[BodyHook, ...]:
+    """The body hooks every enforcement point runs unless told otherwise."""
+    return (ToolsListHook(decision_log),)
+
+
 def _readiness(decision_log: DecisionLog, checks: Sequence[ReadyCheck]) -> tuple[bool, str]:
     # A decision that cannot be logged must not be made silently: stop taking traffic instead.
     if not decision_log.healthy:
@@ -81,6 +88,7 @@ def start_extauthz(
     tls: ServerTls | None = None,
     http_authz_listen: str | None = None,
     dpop: DpopRuntime | None = None,
+    hooks: Sequence[BodyHook] | None = None,
 ) -> Iterator[ExtAuthz]:
     """Serve Envoy's Check for `bundle` until the block exits; the decision log is flushed then.
 
@@ -91,6 +99,8 @@ def start_extauthz(
     also serves Envoy's HTTP ext_authz there (callwarden.extauthz.http_authz), same decisions.
     `dpop` holds the DPoP nonce keys (from the Secret every replica mounts) and the replay
     cache; by default a random key, which only this process accepts nonces of.
+    `hooks` are the ext_proc body hooks (default: `default_hooks()`); the gRPC server serves
+    ext_proc beside Check, over the same enforcement state.
     """
     with ExitStack() as stack:
         if jwks is None:
@@ -100,7 +110,8 @@ def start_extauthz(
         stack.callback(decision_log.close)
         if dpop is None:
             dpop = DpopRuntime.single_process()
-        enforcer = Enforcer(EnforcementState.build(bundle, jwks, dpop), decision_log)
+        registered = Hooks(default_hooks(decision_log) if hooks is None else hooks)
+        enforcer = Enforcer(EnforcementState.build(bundle, jwks, dpop), decision_log, registered)
         checks = tuple(ready_checks)
         server = serve(
             enforcer,
@@ -109,6 +120,7 @@ def start_extauthz(
             workers=workers,
             ready=lambda: _readiness(decision_log, checks),
             tls=tls,
+            processor=ExternalProcessor(enforcer, registered),
         )
         stack.callback(server.stop)
         http_authz = None
@@ -139,6 +151,7 @@ def start_gateway(
     audit_stream: IO[str] | None = None,
     jwks: JwksStore | None = None,
     transport: str = "grpc",
+    hooks: Sequence[BodyHook] | None = None,
 ) -> Iterator[Gateway]:
     """Envoy on `port` in front of every McpServer's upstream, checking each request here.
 
@@ -152,10 +165,16 @@ def start_gateway(
         audit_stream=audit_stream,
         jwks=jwks,
         http_authz_listen=http_authz_listen,
+        hooks=hooks,
     ) as ext_authz:
         address = ext_authz.http_authz_address if transport == "http" else ext_authz.address
         bootstrap = render_bootstrap(
-            servers, ext_authz=address, listen_address=listen_address, listen_port=port, transport=transport
+            servers,
+            ext_authz=address,
+            listen_address=listen_address,
+            listen_port=port,
+            transport=transport,
+            ext_proc=ext_authz.address,
         )
         with EnvoyProcess(bootstrap, workdir) as envoy:
             yield Gateway(ext_authz, envoy)

@@ -32,6 +32,7 @@ from callwarden.demo.issuers import DEFAULT_ISSUERS, RunningIssuers, start_issue
 from callwarden.demo.run import EXAMPLE, NAMESPACE, Issuers, localize
 from callwarden.demo.servers import DEFAULT_PORTS, RunningServers, start_servers
 from callwarden.extauthz.decide import DECISION_HEADER
+from callwarden.extauthz.extproc import BodyHook
 from callwarden.extauthz.service import Gateway, start_gateway
 from callwarden.extauthz.token import JwksStore
 from callwarden.policy.bundle import Bundle, CompiledServer, compile_bundle
@@ -167,6 +168,7 @@ def start_datapath(
     remote_pdp: RemotePdpFactory | None = None,
     transport: str = "grpc",
     dpop: bool | Dpop = False,
+    hooks: Sequence[BodyHook] | None = None,
 ) -> Iterator[DataPath]:
     """The board-packet scenario behind real Envoy, on free loopback ports, until the block exits.
 
@@ -176,7 +178,8 @@ def start_datapath(
     `transport` is how Envoy asks the checker ("grpc" or "http" ext_authz).
     `dpop`: True keeps the example's `spec.dpop` (finance requires DPoP), a `Dpop` gives every
     server that one; by default (False) DPoP is off everywhere, so tests of bearer tokens and of
-    Layer 2 send plain `Bearer` tokens to every server.
+    Layer 2 send plain `Bearer` tokens to every server. `hooks` replaces the default ext_proc
+    body hooks.
     """
     with ExitStack() as stack:
         servers = stack.enter_context(start_servers(dict.fromkeys(SERVERS, 0)))
@@ -191,7 +194,12 @@ def start_datapath(
         audit_path = workdir / "decisions.jsonl"
         gateway = stack.enter_context(
             start_gateway(
-                bundle, workdir / "envoy", audit_path=str(audit_path), jwks=jwks, transport=transport
+                bundle,
+                workdir / "envoy",
+                audit_path=str(audit_path),
+                jwks=jwks,
+                transport=transport,
+                hooks=hooks,
             )
         )
         client = stack.enter_context(httpx2.Client(timeout=10.0, trust_env=False))
