@@ -202,6 +202,12 @@ def test_a_condition_that_fails_at_run_time_counts_as_possible() -> None:
     assert listed(compiled(rules), "read")
 
 
+def test_a_rule_demanding_a_proven_key_lists_the_tool_for_a_bound_token_only() -> None:
+    server = compiled([{"name": "bound", "tools": ["pay"], "effect": "Allow", "when": "has(context.cnf)"}])
+    bound = {**ANALYST, "cnf": {"jkt": "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I"}}
+    assert (listed(server, "pay", bound), listed(server, "pay", ANALYST)) == (True, False)
+
+
 def test_glob_rules_decide_by_the_listed_name() -> None:
     rules = [{"name": "reads", "tools": ["read_*"], "effect": "Allow"}]
     server = compiled(rules)

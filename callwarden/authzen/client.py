@@ -31,7 +31,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 import httpx2
@@ -43,6 +43,8 @@ from callwarden.policy.remote import PdpUnavailable
 from callwarden.policy.strictjson import JsonRejected, loads
 
 __all__ = ["RemoteAuthzenPdp", "RemotePdpError", "RemotePdps"]
+
+_T = TypeVar("_T")
 
 WELL_KNOWN: Final = "/.well-known/authzen-configuration"
 EVALUATION_PATH: Final = "/access/v1/evaluation"
@@ -233,13 +235,26 @@ class RemoteAuthzenPdp:
             cached = self._cache.get(key)
             if cached is not None:
                 return cached
+        decisions = self._guarded(lambda: self._ask(requests))
+        if self._cache is not None:
+            self._cache.put(key, decisions)
+        return decisions
+
+    def search_actions(self, request: Mapping[str, Any]) -> frozenset[str] | None:
+        """The action names the PDP's Action Search API permits for `request` (subject,
+        resource, context), every page of them; None when its metadata names no action search
+        endpoint (only metadata can: there is no default path to guess). Raises RemotePdpError."""
+        return self._guarded(lambda: self._search(dict(request)))
+
+    def _guarded(self, exchange: Callable[[], _T]) -> _T:
+        """Run one exchange through the circuit breaker, observing every failure."""
         try:
             self._breaker.admit()
         except RemotePdpError as error:
             self._observer.error(error.reason)
             raise
         try:
-            decisions = self._ask(requests)
+            answer = exchange()
         except RemotePdpError as error:
             self._breaker.failed()
             self._observer.error(error.reason)
@@ -249,33 +264,15 @@ class RemoteAuthzenPdp:
             self._observer.error("internal")
             raise
         self._breaker.succeeded()
-        if self._cache is not None:
-            self._cache.put(key, decisions)
-        return decisions
-
-    def search_actions(self, request: Mapping[str, Any]) -> frozenset[str] | None:
-        """The action names the PDP's Action Search API permits for `request` (subject,
-        resource, context), every page of them; None when its metadata names no action search
-        endpoint (only metadata can: there is no default path to guess). Raises RemotePdpError."""
-        try:
-            self._breaker.admit()
-        except RemotePdpError as error:
-            self._observer.error(error.reason)
-            raise
-        try:
-            endpoint = self._endpoints().action_search
-            if endpoint is None:
-                self._breaker.succeeded()
-                return None
-            names = _search_pages(lambda body: self._post(endpoint, body, "search_action"), dict(request))
-        except RemotePdpError as error:
-            self._breaker.failed()
-            self._observer.error(error.reason)
-            raise
-        self._breaker.succeeded()
-        return names
+        return answer
 
     # -- the exchanges --
+
+    def _search(self, request: dict[str, Any]) -> frozenset[str] | None:
+        endpoint = self._endpoints().action_search
+        if endpoint is None:
+            return None
+        return _search_pages(lambda body: self._post(endpoint, body, "search_action"), request)
 
     def _ask(self, requests: Sequence[Mapping[str, Any]]) -> list[Decision]:
         endpoints = self._endpoints()

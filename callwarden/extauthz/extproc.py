@@ -296,7 +296,7 @@ class ExternalProcessor:
                     headers = _headers_of(request.request_headers)
                     if headers.get(HOOK_HEADER) is None:
                         # Unmarked: only where ext_proc is wired without the header matcher
-                        # (an Istio EnvoyFilter, say). Let it go and ask for nothing more.
+                        # (Envoy Gateway's EnvoyExtensionPolicy, say). Let it go, ask for nothing more.
                         outcome = "unmarked"
                         yield _unmarked()
                         return

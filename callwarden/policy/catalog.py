@@ -7,8 +7,9 @@ the agent are known (the validated token), the call's arguments are not. Exactly
 1. The request a `tools/call` of the tool would make is built from the token and the tool's
    mapping (the same one the call uses), with the tool name known and the arguments unknown. A
    request entity (subject, action, resource, context) any of whose mapping expressions reads
-   `params` other than `params.name` is **unknown as a whole**; every other entity is built
-   exactly as the call would build it (PIP attributes included).
+   `params` other than `params.name` is **unknown as a whole**; so is `context` for a DPoP-bound
+   token (its calls carry the proof's key as `context.cnf`); every other entity is built exactly
+   as the call would build it (PIP attributes included).
 2. Every rule that targets the tool is evaluated with the unknown entities absent. CEL's
    logical operators absorb errors (`false && x` is false and `true || x` is true whatever `x`
    is), so a condition is *false* when it is false for every value of the unknown entities,
@@ -168,7 +169,9 @@ class Catalog:
         for kind, entity in top.items():
             if entity is not None and not _entity_unknown(entity):
                 known[kind] = entity.build(inputs)
-        if not _context_unknown(plan.context):
+        # A DPoP-bound token's calls carry the proof's key as context.cnf, which no list knows.
+        bound = "cnf" in token
+        if not bound and not _context_unknown(plan.context):
             known["context"] = plan.context.build(inputs, pep)
         if plan.entries is None:
             return [known]
@@ -182,7 +185,7 @@ class Catalog:
                         request[kind] = part.build(inputs)
             if entry.context is not None:
                 request.pop("context", None)
-                if not _context_unknown(entry.context):
+                if not bound and not _context_unknown(entry.context):
                     request["context"] = entry.context.build(inputs, pep)
             requests.append(request)
         return requests
