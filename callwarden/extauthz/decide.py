@@ -24,6 +24,7 @@ from envoy.service.auth.v3.external_auth_pb2 import CheckRequest, CheckResponse
 
 from callwarden.extauthz import metrics
 from callwarden.extauthz.audit import DecisionLog, new_decision_id
+from callwarden.extauthz.extproc import HOOK_HEADER, Hooks
 from callwarden.extauthz.jsonrpc import BodyRejected, JsonRpcMessage, parse_body
 from callwarden.extauthz.responses import CHECKER_FAILED_BODY, allow_response, deny_response
 from callwarden.extauthz.token import JwksStore, TokenRejected, TokenValidator, www_authenticate
@@ -104,14 +105,18 @@ class _Outcome:
     verdicts: list[Verdict] = field(default_factory=list)
     body: bytes = b""
     headers: dict[str, str] = field(default_factory=dict)
+    hook: str | None = None  # the ext_proc hook an allowed body engages (extproc.py)
 
 
 class Enforcer:
     """The ext_authz `Checker`: decides every request by the current enforcement state."""
 
-    def __init__(self, state: EnforcementState, decision_log: DecisionLog) -> None:
+    def __init__(
+        self, state: EnforcementState, decision_log: DecisionLog, hooks: Hooks | None = None
+    ) -> None:
         self._state = state
         self._log = decision_log
+        self._hooks = hooks if hooks is not None else Hooks()
 
     @property
     def state(self) -> EnforcementState:
@@ -147,7 +152,10 @@ class Enforcer:
                 for name in request.headers
                 if name.startswith(RESERVED_HEADER_PREFIX) and name != DECISION_HEADER
             )
-            return Answer(True, 200, b"", {DECISION_HEADER: decision_id}, forged)
+            added = {DECISION_HEADER: decision_id}
+            if outcome.hook is not None:  # a client-sent value is in `forged`, and replaced
+                added[HOOK_HEADER] = outcome.hook
+            return Answer(True, 200, b"", added, forged)
         return Answer(False, outcome.status, outcome.body, {**outcome.headers, DECISION_HEADER: decision_id})
 
     # -- the decision ------------------------------------------------------------------
@@ -191,6 +199,11 @@ class Enforcer:
         denied = [v for v in verdicts if not v.allowed]
         outcome = _Outcome(not denied, 200, server=server.key, http_method="POST", verdicts=verdicts)
         outcome.reasons = deciding_reasons(verdicts)
+        if not denied and self._hooks:
+            try:
+                outcome.hook = self._hooks.for_methods([message.method for message in body.messages])
+            except ValueError as mixed:
+                return _body_denial(server, status, "mixed-hooks", str(mixed))
         if denied:
             outcome.status = status
             outcome.code = denied[0].code
@@ -223,6 +236,7 @@ class Enforcer:
                 "message": outcome.message,
                 "revision": revision,
                 "latency_ms": round(latency * 1000, 3),
+                **({"hook": outcome.hook} if outcome.hook is not None else {}),
             }
         )
 

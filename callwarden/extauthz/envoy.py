@@ -34,9 +34,12 @@ from callwarden.policy.model import McpServer
 
 EXT_AUTHZ_CLUSTER = "callwarden_ext_authz"
 EXT_AUTHZ_FILTER = "envoy.filters.http.ext_authz"
+EXT_PROC_CLUSTER = "callwarden_ext_proc"
+EXT_PROC_FILTER = "envoy.filters.http.ext_proc"
 CONTEXT_SERVER_KEY = "mcp_server"
 # The checker's header names (decide.py); named here too so rendering a bootstrap needs no protobuf.
 DECISION_ID_HEADER = "x-callwarden-decision-id"
+HOOK_HEADER = "x-callwarden-hook"
 PARTIAL_BODY_HEADER = "x-envoy-auth-partial-body"
 RESERVED_HEADER_PREFIX = "x-callwarden-"
 # Envoy's HTTP ext_authz allows on 200 and on nothing else, so a denial the client must see as
@@ -48,6 +51,9 @@ DEFAULT_MAX_REQUEST_BYTES = 1_048_576
 # Streamable HTTP keeps GET (SSE) streams open and quiet for long stretches: no overall route
 # timeout, and an idle timeout long enough for a server that only speaks when it has something.
 STREAM_IDLE_TIMEOUT = "3600s"
+# One ext_proc message (a whole buffered body) may take this long: a 10,000-tool list is filtered
+# in well under a second (bench/), and a stalled processor fails the request closed after it.
+EXT_PROC_MESSAGE_TIMEOUT = "5s"
 
 _EXT_AUTHZ_TYPE = "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz"
 _EXT_AUTHZ_PER_ROUTE_TYPE = "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute"
@@ -55,6 +61,10 @@ _HCM_TYPE = (
     "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 )
 _ROUTER_TYPE = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+_EXT_PROC_TYPE = "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor"
+_WITH_MATCHER_TYPE = "type.googleapis.com/envoy.extensions.common.matching.v3.ExtensionWithMatcher"
+_HEADER_INPUT_TYPE = "type.googleapis.com/envoy.type.matcher.v3.HttpRequestHeaderMatchInput"
+_SKIP_FILTER_TYPE = "type.googleapis.com/envoy.extensions.filters.common.matcher.action.v3.SkipFilter"
 _HTTP_OPTIONS_TYPE = "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 _TLS_TYPE = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
 _STDOUT_LOG_TYPE = "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog"
@@ -148,11 +158,15 @@ def _default_ca_file() -> str:
 
 
 def _ext_authz_cluster(address: str, transport: str) -> dict[str, Any]:
-    host, port = split_host_port(address)
     if transport == "http":  # HTTP/1.1 keep-alive: callwarden's http_authz server
-        return _cluster(EXT_AUTHZ_CLUSTER, host, port)
+        return _cluster(EXT_AUTHZ_CLUSTER, *split_host_port(address))
+    return grpc_cluster(EXT_AUTHZ_CLUSTER, address)
+
+
+def grpc_cluster(name: str, address: str) -> dict[str, Any]:
+    host, port = split_host_port(address)
     return _cluster(
-        EXT_AUTHZ_CLUSTER,
+        name,
         host,
         port,
         # gRPC needs HTTP/2 upstream; one multiplexed connection per Envoy worker.
@@ -196,7 +210,7 @@ def _http_service(address: str, timeout_seconds: float) -> dict[str, Any]:
         },
         "authorization_response": {
             # Set on the upstream request, overwriting a client-sent value.
-            "allowed_upstream_headers": _exact(DECISION_ID_HEADER),
+            "allowed_upstream_headers": _exact(DECISION_ID_HEADER, HOOK_HEADER),
             "allowed_client_headers": _exact("content-type", "www-authenticate", "allow", DECISION_ID_HEADER),
         },
     }
@@ -236,6 +250,53 @@ def _ext_authz_filter(timeout_seconds: float, transport: str, address: str) -> d
             "include_peer_certificate": False,
             # Header mutations from the checker are validated: a bad one fails the request closed.
             "validate_mutations": True,
+        },
+    }
+
+
+def ext_proc_filter(cluster: str = EXT_PROC_CLUSTER) -> dict[str, Any]:
+    """The ext_proc filter, engaged only for requests ext_authz marked with `x-callwarden-hook`.
+
+    `ExtensionWithMatcher` evaluates the matcher on the request headers as they reach it (after
+    ext_authz added or removed the mark) and skips the filter when the mark is absent: for every
+    other request Envoy opens no ext_proc stream. When it engages, the filter sends only the
+    request headers; the processor asks for the bodies its hook needs (`allow_mode_override`).
+    `failure_mode_allow: false`: a processor that fails or times out fails the request (500),
+    it never lets the unprocessed body through.
+    """
+    unmarked = {
+        "not_matcher": {
+            "single_predicate": {
+                "input": {
+                    "name": "callwarden-hook",
+                    "typed_config": {"@type": _HEADER_INPUT_TYPE, "header_name": HOOK_HEADER},
+                },
+                "value_match": {"safe_regex": {"google_re2": {}, "regex": ".+"}},
+            }
+        }
+    }
+    skip = {"action": {"name": "skip", "typed_config": {"@type": _SKIP_FILTER_TYPE}}}
+    processor = {
+        "@type": _EXT_PROC_TYPE,
+        "grpc_service": {"envoy_grpc": {"cluster_name": cluster}, "timeout": EXT_PROC_MESSAGE_TIMEOUT},
+        "failure_mode_allow": False,
+        "processing_mode": {
+            "request_header_mode": "SEND",
+            "response_header_mode": "SKIP",
+            "request_body_mode": "NONE",
+            "response_body_mode": "NONE",
+            "request_trailer_mode": "SKIP",
+            "response_trailer_mode": "SKIP",
+        },
+        "allow_mode_override": True,
+        "message_timeout": EXT_PROC_MESSAGE_TIMEOUT,
+    }
+    return {
+        "name": EXT_PROC_FILTER,
+        "typed_config": {
+            "@type": _WITH_MATCHER_TYPE,
+            "xds_matcher": {"matcher_list": {"matchers": [{"predicate": unmarked, "on_match": skip}]}},
+            "extension_config": {"name": EXT_PROC_FILTER, "typed_config": processor},
         },
     }
 
@@ -317,13 +378,20 @@ def render_bootstrap(
     ca_file: str | None = None,
     max_connections: int = 50_000,
     transport: str = "grpc",
+    ext_proc: str | None = None,
 ) -> dict[str, Any]:
     """The Envoy bootstrap for `servers`, checking every request with ext_authz at `ext_authz`.
 
     `ext_authz` is the checker's `host:port`: the gRPC server (`transport="grpc"`) or the HTTP
     ext_authz server (`transport="http"`, callwarden.extauthz.http_authz). Port 0 binds any free
     port (`EnvoyProcess` reads the real ones back). Raises ValueError for a server Envoy could not route.
+    `ext_proc` is the gRPC `host:port` of callwarden's ext_proc service (the ext_authz gRPC server
+    serves it too); when given, requests ext_authz marks for a body hook go through it.
     """
+    http_filters = [_ext_authz_filter(ext_authz_timeout_seconds, transport, ext_authz)]
+    if ext_proc is not None:
+        http_filters.append(ext_proc_filter())
+    http_filters.append({"name": "envoy.filters.http.router", "typed_config": {"@type": _ROUTER_TYPE}})
     hcm = {
         "@type": _HCM_TYPE,
         "stat_prefix": "callwarden",
@@ -339,10 +407,7 @@ def render_bootstrap(
         "request_timeout": "0s",
         "request_headers_timeout": "10s",
         "access_log": [{"name": "envoy.access_loggers.stdout", "typed_config": {"@type": _STDOUT_LOG_TYPE}}],
-        "http_filters": [
-            _ext_authz_filter(ext_authz_timeout_seconds, transport, ext_authz),
-            {"name": "envoy.filters.http.router", "typed_config": {"@type": _ROUTER_TYPE}},
-        ],
+        "http_filters": http_filters,
         "route_config": {"name": "callwarden", "virtual_hosts": _virtual_hosts(servers)},
     }
     if transport == "http":
@@ -359,6 +424,8 @@ def render_bootstrap(
     clusters = [_ext_authz_cluster(ext_authz, transport)] + [
         _upstream_cluster(server, ca_file) for server in servers
     ]
+    if ext_proc is not None:
+        clusters.append(grpc_cluster(EXT_PROC_CLUSTER, ext_proc))
     return {
         "admin": {"address": _socket_address("127.0.0.1", admin_port)},
         "static_resources": {"listeners": [listener], "clusters": clusters},

@@ -69,6 +69,14 @@ PDP_ERRORS: Final = Counter(
     registry=REGISTRY,
 )
 
+# ext_proc (callwarden.extauthz.extproc): only requests a hook engages open a stream.
+EXTPROC_STREAMS: Final = Counter(
+    "callwarden_extproc_streams_total",
+    "ext_proc streams served, by hook and outcome (completed, or refused-<reason>).",
+    ["hook", "outcome"],
+    registry=REGISTRY,
+)
+
 
 class PdpMetrics:
     """The remote-PDP client's observer: its latency and failures as Prometheus metrics."""

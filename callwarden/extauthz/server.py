@@ -26,10 +26,12 @@ from typing import Any, Protocol
 import grpc
 from envoy.service.auth.v3.external_auth_pb2 import CheckRequest, CheckResponse
 from envoy.service.auth.v3.external_auth_pb2_grpc import add_AuthorizationServicer_to_server
+from envoy.service.ext_proc.v3.external_processor_pb2_grpc import add_ExternalProcessorServicer_to_server
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import CollectorRegistry
 
 from callwarden.extauthz import metrics
+from callwarden.extauthz.extproc import EXTERNAL_PROCESSOR_SERVICE, ExternalProcessor
 from callwarden.extauthz.http_endpoints import HttpEndpoints, ReadyProbe, probe_readiness
 from callwarden.extauthz.responses import CHECKER_FAILED_BODY, deny_response
 
@@ -83,9 +85,10 @@ class _AuthorizationService:
 class _Health:
     """grpc.health.v1 answering from the readiness probe, re-read periodically."""
 
-    def __init__(self, ready: ReadyProbe) -> None:
+    def __init__(self, ready: ReadyProbe, services: tuple[str, ...] = ("", AUTHORIZATION_SERVICE)) -> None:
         self.servicer = health.HealthServicer()
         self._ready = ready
+        self._services = services
         self._stopped = threading.Event()
         self.refresh()
         self._thread = threading.Thread(target=self._poll, name="callwarden-health", daemon=True)
@@ -95,7 +98,7 @@ class _Health:
         is_ready, _ = probe_readiness(self._ready)
         serving = health_pb2.HealthCheckResponse
         status = serving.SERVING if is_ready else serving.NOT_SERVING
-        for service in ("", AUTHORIZATION_SERVICE):
+        for service in self._services:
             self.servicer.set(service, status)
 
     def _poll(self) -> None:
@@ -156,6 +159,7 @@ def serve(
     registry: CollectorRegistry | None = None,
     reuse_port: bool = False,
     tls: ServerTls | None = None,
+    processor: ExternalProcessor | None = None,
 ) -> RunningServer:
     """Start the ext_authz gRPC server on `listen` (`host:port`, port 0 picks one).
 
@@ -163,17 +167,26 @@ def serve(
     data path's `callwarden.extauthz.metrics.REGISTRY`). `reuse_port` lets several processes share the port
     (SO_REUSEPORT); off by default so a second server on a taken port fails loudly instead of
     silently splitting traffic with a stale one. `tls` serves gRPC over TLS instead of plaintext.
+    `processor` also serves Envoy's ext_proc on the same port (callwarden.extauthz.extproc); its
+    streams get pool threads of their own, so hooked requests never starve the checks.
     """
     options: list[tuple[str, Any]] = [
         ("grpc.so_reuseport", 1 if reuse_port else 0),
         ("grpc.max_receive_message_length", MAX_CHECK_MESSAGE_BYTES),
     ]
+    # Idle pool threads are reused before new ones start, so the stream threads exist only while
+    # streams do; checks keep running on the few threads a quiet pool holds.
+    threads = workers + (processor.max_streams if processor is not None else 0)
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="callwarden-check"),
+        futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="callwarden-check"),
         options=options,
     )
     add_AuthorizationServicer_to_server(_AuthorizationService(checker), server)
-    checks_health = _Health(ready)
+    services: tuple[str, ...] = ("", AUTHORIZATION_SERVICE)
+    if processor is not None:
+        add_ExternalProcessorServicer_to_server(processor, server)
+        services += (EXTERNAL_PROCESSOR_SERVICE,)
+    checks_health = _Health(ready, services)
     health_pb2_grpc.add_HealthServicer_to_server(checks_health.servicer, server)
     try:
         if tls is None:

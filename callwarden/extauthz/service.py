@@ -17,6 +17,7 @@ from typing import IO
 from callwarden.extauthz.audit import DecisionLog
 from callwarden.extauthz.decide import EnforcementState, Enforcer
 from callwarden.extauthz.envoy import EnvoyProcess, render_bootstrap
+from callwarden.extauthz.extproc import BodyHook, ExternalProcessor, Hooks
 from callwarden.extauthz.http_authz import HttpAuthzServer
 from callwarden.extauthz.server import DEFAULT_WORKERS, RunningServer, ServerTls, serve
 from callwarden.extauthz.token import JwksStore
@@ -52,6 +53,11 @@ class ExtAuthz:
 ReadyCheck = Callable[[], tuple[bool, str]]
 
 
+def default_hooks() -> tuple[BodyHook, ...]:
+    """The body hooks every enforcement point runs unless told otherwise."""
+    return ()
+
+
 def _readiness(decision_log: DecisionLog, checks: Sequence[ReadyCheck]) -> tuple[bool, str]:
     # A decision that cannot be logged must not be made silently: stop taking traffic instead.
     if not decision_log.healthy:
@@ -78,6 +84,7 @@ def start_extauthz(
     ready_checks: Sequence[ReadyCheck] = (),
     tls: ServerTls | None = None,
     http_authz_listen: str | None = None,
+    hooks: Sequence[BodyHook] | None = None,
 ) -> Iterator[ExtAuthz]:
     """Serve Envoy's Check for `bundle` until the block exits; the decision log is flushed then.
 
@@ -86,6 +93,8 @@ def start_extauthz(
     keeps up and every one of `ready_checks` says ready (e.g. a bundle watcher that has synced);
     the first check that fails gives the reason. `tls` serves gRPC over TLS. `http_authz_listen`
     also serves Envoy's HTTP ext_authz there (callwarden.extauthz.http_authz), same decisions.
+    `hooks` are the ext_proc body hooks (default: `default_hooks()`); the gRPC server serves
+    ext_proc beside Check, over the same enforcement state.
     """
     with ExitStack() as stack:
         if jwks is None:
@@ -93,7 +102,8 @@ def start_extauthz(
             stack.callback(jwks.close)
         decision_log = DecisionLog(stream=audit_stream, path=audit_path)
         stack.callback(decision_log.close)
-        enforcer = Enforcer(EnforcementState.build(bundle, jwks), decision_log)
+        registered = Hooks(default_hooks() if hooks is None else hooks)
+        enforcer = Enforcer(EnforcementState.build(bundle, jwks), decision_log, registered)
         checks = tuple(ready_checks)
         server = serve(
             enforcer,
@@ -102,6 +112,7 @@ def start_extauthz(
             workers=workers,
             ready=lambda: _readiness(decision_log, checks),
             tls=tls,
+            processor=ExternalProcessor(enforcer, registered),
         )
         stack.callback(server.stop)
         http_authz = None
@@ -132,6 +143,7 @@ def start_gateway(
     audit_stream: IO[str] | None = None,
     jwks: JwksStore | None = None,
     transport: str = "grpc",
+    hooks: Sequence[BodyHook] | None = None,
 ) -> Iterator[Gateway]:
     """Envoy on `port` in front of every McpServer's upstream, checking each request here.
 
@@ -145,10 +157,16 @@ def start_gateway(
         audit_stream=audit_stream,
         jwks=jwks,
         http_authz_listen=http_authz_listen,
+        hooks=hooks,
     ) as ext_authz:
         address = ext_authz.http_authz_address if transport == "http" else ext_authz.address
         bootstrap = render_bootstrap(
-            servers, ext_authz=address, listen_address=listen_address, listen_port=port, transport=transport
+            servers,
+            ext_authz=address,
+            listen_address=listen_address,
+            listen_port=port,
+            transport=transport,
+            ext_proc=ext_authz.address,
         )
         with EnvoyProcess(bootstrap, workdir) as envoy:
             yield Gateway(ext_authz, envoy)

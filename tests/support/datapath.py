@@ -32,6 +32,7 @@ from callwarden.demo.issuers import DEFAULT_ISSUERS, RunningIssuers, start_issue
 from callwarden.demo.run import EXAMPLE, NAMESPACE, Issuers, localize
 from callwarden.demo.servers import DEFAULT_PORTS, RunningServers, start_servers
 from callwarden.extauthz.decide import DECISION_HEADER
+from callwarden.extauthz.extproc import BodyHook
 from callwarden.extauthz.service import Gateway, start_gateway
 from callwarden.extauthz.token import JwksStore
 from callwarden.policy.bundle import Bundle, CompiledServer, compile_bundle
@@ -165,13 +166,15 @@ def start_datapath(
     jwks: JwksStore | None = None,
     remote_pdp: RemotePdpFactory | None = None,
     transport: str = "grpc",
+    hooks: Sequence[BodyHook] | None = None,
 ) -> Iterator[DataPath]:
     """The board-packet scenario behind real Envoy, on free loopback ports, until the block exits.
 
     `issuers` replaces the demo issuers (keyed by server name: finance, documents, workflow);
     `jwks` is a configured key store (e.g. short refresh intervals) the caller closes;
     `remote_pdp` builds the PDP of servers whose spec names `pdp.authzen` (see `DataPath.config`);
-    `transport` is how Envoy asks the checker ("grpc" or "http" ext_authz).
+    `transport` is how Envoy asks the checker ("grpc" or "http" ext_authz); `hooks` replaces the
+    default ext_proc body hooks.
     """
     with ExitStack() as stack:
         servers = stack.enter_context(start_servers(dict.fromkeys(SERVERS, 0)))
@@ -184,7 +187,12 @@ def start_datapath(
         audit_path = workdir / "decisions.jsonl"
         gateway = stack.enter_context(
             start_gateway(
-                bundle, workdir / "envoy", audit_path=str(audit_path), jwks=jwks, transport=transport
+                bundle,
+                workdir / "envoy",
+                audit_path=str(audit_path),
+                jwks=jwks,
+                transport=transport,
+                hooks=hooks,
             )
         )
         client = stack.enter_context(httpx.Client(timeout=10.0, trust_env=False))

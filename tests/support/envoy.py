@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from callwarden.extauthz.envoy import EnvoyProcess, render_bootstrap
 from callwarden.extauthz.server import Checker, RunningServer, serve
 from callwarden.policy.model import McpServer
@@ -83,3 +85,12 @@ def gateway(
         bootstrap = render_bootstrap(servers, ext_authz=f"127.0.0.1:{ext_authz.port}", **bootstrap_options)
         with start_envoy(bootstrap, workdir) as envoy:
             yield Gateway(envoy, ext_authz)
+
+
+def envoy_counter(envoy: EnvoyProcess, name: str) -> int:
+    """The value of one Envoy counter (e.g. `http.callwarden.ext_proc.streams_started`), 0 if unset."""
+    answer = httpx.get(
+        f"{envoy.admin_url}/stats", params={"filter": f"^{name}$", "format": "json"}, trust_env=False
+    )
+    stats = answer.json()["stats"]
+    return int(stats[0]["value"]) if stats else 0
