@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from callwarden.extauthz.approvals import ApprovalCompletion, ApprovalDesk
 from callwarden.extauthz.audit import DecisionLog
 from callwarden.extauthz.decide import EnforcementState, Enforcer
 from callwarden.extauthz.envoy import EnvoyProcess, render_bootstrap
@@ -85,6 +86,7 @@ def start_extauthz(
     tls: ServerTls | None = None,
     http_authz_listen: str | None = None,
     hooks: Sequence[BodyHook] | None = None,
+    approvals: ApprovalDesk | None = None,
 ) -> Iterator[ExtAuthz]:
     """Serve Envoy's Check for `bundle` until the block exits; the decision log is flushed then.
 
@@ -94,7 +96,9 @@ def start_extauthz(
     the first check that fails gives the reason. `tls` serves gRPC over TLS. `http_authz_listen`
     also serves Envoy's HTTP ext_authz there (callwarden.extauthz.http_authz), same decisions.
     `hooks` are the ext_proc body hooks (default: `default_hooks()`); the gRPC server serves
-    ext_proc beside Check, over the same enforcement state.
+    ext_proc beside Check, over the same enforcement state. `approvals` runs the approval
+    workflow (held calls, MCP tasks, exactly-once completion through its ext_proc hook); the
+    bundle's PDPs must then have been compiled with the same store's `BoundApprovals`.
     """
     with ExitStack() as stack:
         if jwks is None:
@@ -102,8 +106,9 @@ def start_extauthz(
             stack.callback(jwks.close)
         decision_log = DecisionLog(stream=audit_stream, path=audit_path)
         stack.callback(decision_log.close)
-        registered = Hooks(default_hooks() if hooks is None else hooks)
-        enforcer = Enforcer(EnforcementState.build(bundle, jwks), decision_log, registered)
+        chosen = tuple(default_hooks() if hooks is None else hooks)
+        registered = Hooks(chosen if approvals is None else (*chosen, ApprovalCompletion(approvals)))
+        enforcer = Enforcer(EnforcementState.build(bundle, jwks), decision_log, registered, approvals)
         checks = tuple(ready_checks)
         server = serve(
             enforcer,
@@ -144,6 +149,7 @@ def start_gateway(
     jwks: JwksStore | None = None,
     transport: str = "grpc",
     hooks: Sequence[BodyHook] | None = None,
+    approvals: ApprovalDesk | None = None,
 ) -> Iterator[Gateway]:
     """Envoy on `port` in front of every McpServer's upstream, checking each request here.
 
@@ -158,6 +164,7 @@ def start_gateway(
         jwks=jwks,
         http_authz_listen=http_authz_listen,
         hooks=hooks,
+        approvals=approvals,
     ) as ext_authz:
         address = ext_authz.http_authz_address if transport == "http" else ext_authz.address
         bootstrap = render_bootstrap(

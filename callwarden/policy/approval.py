@@ -54,6 +54,7 @@ __all__ = [
     "format_time",
     "new_task_id",
     "parse_time",
+    "refuse",
     "subject_key",
     "transition",
 ]
@@ -235,6 +236,13 @@ def claim(record: AccessRequestRecord, now: datetime) -> AccessRequestRecord:
     if record.approved_until is None or now >= parse_time(record.approved_until):
         raise InvalidTransition(f"the approval of {record.id} expired at {record.approved_until}")
     return record.with_changes(execution="claimed")
+
+
+def refuse(record: AccessRequestRecord, why: str) -> AccessRequestRecord:
+    """An approved call that will never run (its approval expired, or the call no longer matches
+    it, or policy now denies it): SEP-2848 `denied-not-executed`, and final."""
+    _require(record, record.state == "approved" and record.execution == "none", "refuse")
+    return record.with_changes(execution="withdrawn", disposition="denied-not-executed", comment=why)
 
 
 def finish(
