@@ -121,7 +121,9 @@ def _finance(ledger: CallLedger) -> MCPServer:
     @server.tool()
     async def transfer_funds(to: str, amount: int, ctx: Context[Any, Any]) -> str:
         """Transfer `amount` EUR from the board's account to account `to` (demo: nothing moves)."""
-        number = ledger.record(ExecutedCall("transfer_funds", {"to": to, "amount": amount}, _decision_id(ctx)))
+        number = ledger.record(
+            ExecutedCall("transfer_funds", {"to": to, "amount": amount}, _decision_id(ctx))
+        )
         return f"transfer {number:04d}: {amount} EUR to {to} completed"
 
     return server

@@ -31,10 +31,13 @@ import pytest
 from callwarden.demo.issuers import DEFAULT_ISSUERS, RunningIssuers, start_issuers
 from callwarden.demo.run import EXAMPLE, NAMESPACE, Issuers, localize
 from callwarden.demo.servers import DEFAULT_PORTS, RunningServers, start_servers
+from callwarden.extauthz.approvals import ApprovalDesk
 from callwarden.extauthz.decide import DECISION_HEADER
+from callwarden.extauthz.jose import JwsSigner, load_signing_key
 from callwarden.extauthz.extproc import BodyHook
 from callwarden.extauthz.service import Gateway, start_gateway
 from callwarden.extauthz.token import JwksStore
+from callwarden.policy.approval import ApprovalStore, BoundApprovals
 from callwarden.policy.bundle import Bundle, CompiledServer, compile_bundle
 from callwarden.policy.loader import Config, load_config
 from callwarden.policy.remote import RemotePdpFactory
@@ -80,6 +83,7 @@ class DataPath:
     client: httpx.Client
     issuers: RunningIssuers | None = None  # the demo issuers, when the test brought none
     config: Config | None = None  # the localized configuration the bundle was compiled from
+    approvals: ApprovalDesk | None = None  # the approval workflow, when started with a store
 
     @property
     def url(self) -> str:
@@ -167,6 +171,7 @@ def start_datapath(
     remote_pdp: RemotePdpFactory | None = None,
     transport: str = "grpc",
     hooks: Sequence[BodyHook] | None = None,
+    approvals: ApprovalStore | None = None,
 ) -> Iterator[DataPath]:
     """The board-packet scenario behind real Envoy, on free loopback ports, until the block exits.
 
@@ -174,7 +179,7 @@ def start_datapath(
     `jwks` is a configured key store (e.g. short refresh intervals) the caller closes;
     `remote_pdp` builds the PDP of servers whose spec names `pdp.authzen` (see `DataPath.config`);
     `transport` is how Envoy asks the checker ("grpc" or "http" ext_authz); `hooks` replaces the
-    default ext_proc body hooks.
+    default ext_proc body hooks; `approvals` runs the approval workflow on that store.
     """
     with ExitStack() as stack:
         servers = stack.enter_context(start_servers(dict.fromkeys(SERVERS, 0)))
@@ -183,7 +188,14 @@ def start_datapath(
         if trusted is None:
             trusted = demo_issuers = stack.enter_context(start_issuers(dict.fromkeys(DEFAULT_ISSUERS, 0)))
         config = localize(load_config([EXAMPLE]), servers, trusted)
-        bundle = compile_bundle(config, remote_pdp=remote_pdp)
+        desk = authority = None
+        if approvals is not None:
+            signer = JwsSigner(
+                load_signing_key(workdir / "binding-key.pem", create=True), "https://callwarden.test"
+            )
+            authority = BoundApprovals(approvals, signer, audience="https://callwarden.test")
+            desk = ApprovalDesk(approvals)
+        bundle = compile_bundle(config, remote_pdp=remote_pdp, approvals=authority)
         audit_path = workdir / "decisions.jsonl"
         gateway = stack.enter_context(
             start_gateway(
@@ -193,10 +205,11 @@ def start_datapath(
                 jwks=jwks,
                 transport=transport,
                 hooks=hooks,
+                approvals=desk,
             )
         )
         client = stack.enter_context(httpx.Client(timeout=10.0, trust_env=False))
-        yield DataPath(gateway, servers, bundle, audit_path, client, demo_issuers, config)
+        yield DataPath(gateway, servers, bundle, audit_path, client, demo_issuers, config, desk)
 
 
 def running_datapath(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DataPath]:
