@@ -33,8 +33,8 @@ from callwarden.demo.run import EXAMPLE, NAMESPACE, Issuers, localize
 from callwarden.demo.servers import DEFAULT_PORTS, RunningServers, start_servers
 from callwarden.extauthz.approvals import ApprovalDesk
 from callwarden.extauthz.decide import DECISION_HEADER
-from callwarden.extauthz.jose import JwsSigner, load_signing_key
 from callwarden.extauthz.extproc import BodyHook
+from callwarden.extauthz.jose import JwsSigner, load_signing_key
 from callwarden.extauthz.service import Gateway, start_gateway
 from callwarden.extauthz.token import JwksStore
 from callwarden.policy.approval import ApprovalStore, BoundApprovals
