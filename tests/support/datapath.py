@@ -84,6 +84,12 @@ class DataPath:
     issuers: RunningIssuers | None = None  # the demo issuers, when the test brought none
     config: Config | None = None  # the localized configuration the bundle was compiled from
     approvals: ApprovalDesk | None = None  # the approval workflow, when started with a store
+    authority: BoundApprovals | None = None  # what the bundle's PDPs consult about approvals
+
+    def recompile(self, config: Config) -> None:
+        """Enforce `config` from the next request on, as a configuration change would."""
+        self.bundle = compile_bundle(config, approvals=self.authority)
+        self.gateway.ext_authz.swap(self.bundle)
 
     @property
     def url(self) -> str:
@@ -209,7 +215,7 @@ def start_datapath(
             )
         )
         client = stack.enter_context(httpx.Client(timeout=10.0, trust_env=False))
-        yield DataPath(gateway, servers, bundle, audit_path, client, demo_issuers, config, desk)
+        yield DataPath(gateway, servers, bundle, audit_path, client, demo_issuers, config, desk, authority)
 
 
 def running_datapath(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DataPath]:

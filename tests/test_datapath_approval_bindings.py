@@ -1,0 +1,218 @@
+"""An approval covers exactly one call: every change to it ends not executed, or executed exactly once.
+
+Real Envoy (ext_authz + ext_proc), the real finance MCP server, real tokens from the demo issuer;
+each case makes its own held call, approves it, then does what the case says.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from callwarden.extauthz.tasks import DISPOSITION_META
+from callwarden.policy import approval as ap
+from callwarden.policy.model import ToolPolicy
+from callwarden.stores.approvals import ApprovalRecords
+from callwarden.stores.sqlite import SqliteDocuments
+from tests.support.datapath import DataPath, jsonrpc, start_datapath
+from tests.test_datapath_approvals import NAMESPACE, approve, call, get_task, transfer, transfers
+
+pytestmark = pytest.mark.integration
+
+Case = Callable[[DataPath, ApprovalRecords, str], dict[str, Any]]
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> ApprovalRecords:
+    return ApprovalRecords(SqliteDocuments(tmp_path_factory.mktemp("store") / "approvals.db"))
+
+
+@pytest.fixture(scope="module")
+def datapath(tmp_path_factory: pytest.TempPathFactory, store: ApprovalRecords) -> Iterator[DataPath]:
+    with start_datapath(tmp_path_factory.mktemp("datapath"), approvals=store) as running:
+        yield running
+
+
+_amounts = iter(range(100_000, 200_000, 17))
+
+
+def held(datapath: DataPath, *, tasks: bool = True) -> tuple[str, int]:
+    """A fresh held transfer (distinct amount): its task id and amount."""
+    amount = next(_amounts)
+    answer = call(datapath, transfer(amount, tasks=tasks))["result"]
+    task_id = (
+        answer["taskId"]
+        if tasks
+        else answer["_meta"]["io.modelcontextprotocol/authorization"]["authorizationContextId"]
+    )
+    return task_id, amount
+
+
+def assert_not_executed(result: dict[str, Any]) -> None:
+    assert result["isError"] is True
+    assert result["_meta"][DISPOSITION_META] == "denied-not-executed"
+    assert "did not run" in result["content"][0]["text"]
+
+
+def test_changed_arguments_are_a_new_request_and_the_approved_call_still_runs_once(
+    datapath: DataPath, store: ApprovalRecords
+) -> None:
+    before = transfers(datapath)
+    task_id, amount = held(datapath, tasks=False)
+    approve(store, task_id)
+    changed = call(datapath, transfer(amount + 1, tasks=False))["result"]
+    assert changed["isError"] is True and "reviewer" in changed["content"][0]["text"]
+    assert transfers(datapath) == before
+    ran = call(datapath, transfer(amount, tasks=False))["result"]
+    assert ran.get("isError") is not True
+    assert transfers(datapath) == before + 1
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        pytest.param({"sub": "bob"}, id="another-subject"),
+        pytest.param({"client_id": "other-agent"}, id="another-agent"),
+    ],
+)
+def test_another_user_or_agent_cannot_see_or_complete_the_task(
+    datapath: DataPath, store: ApprovalRecords, token: dict[str, Any]
+) -> None:
+    before = transfers(datapath)
+    task_id, _ = held(datapath)
+    approve(store, task_id)
+    for method in ("tasks/get", "tasks/cancel"):
+        answer = get_task(datapath, task_id, datapath.token("finance", **token), method=method)
+        assert answer["error"] == {"code": -32602, "message": "Failed to retrieve task: Task not found"}
+    assert transfers(datapath) == before
+    assert get_task(datapath, task_id)["result"]["status"] == "completed"  # the requester still can
+    assert transfers(datapath) == before + 1
+
+
+def test_an_approval_that_expired_before_the_get_is_not_executed(
+    datapath: DataPath, store: ApprovalRecords
+) -> None:
+    before = transfers(datapath)
+    task_id, _ = held(datapath)
+    now = datetime.now(UTC)
+    ap.transition(
+        store, NAMESPACE, task_id, lambda r: ap.approve(r, "carol", now, now + timedelta(seconds=1))
+    )
+    time.sleep(1.5)
+    completed = get_task(datapath, task_id)["result"]
+    assert completed["status"] == "completed"
+    assert_not_executed(completed["result"])
+    assert transfers(datapath) == before
+
+
+def test_an_offboarded_user_s_approved_call_is_not_executed(
+    datapath: DataPath, store: ApprovalRecords
+) -> None:
+    before = transfers(datapath)
+    task_id, _ = held(datapath)
+    approve(store, task_id)
+    completed = get_task(datapath, task_id, datapath.token("finance", roles=()))["result"]
+    assert_not_executed(completed["result"])
+    assert transfers(datapath) == before
+    assert_not_executed(get_task(datapath, task_id)["result"]["result"])  # final, even with the old roles
+    assert transfers(datapath) == before
+
+
+def test_a_policy_that_now_denies_wins_over_the_approval(datapath: DataPath, store: ApprovalRecords) -> None:
+    before = transfers(datapath)
+    task_id, _ = held(datapath)
+    approve(store, task_id)
+    assert datapath.config is not None
+    freeze = ToolPolicy.model_validate(
+        {
+            "apiVersion": "callwarden.io/v1alpha1",
+            "kind": "ToolPolicy",
+            "metadata": {"name": "freeze", "namespace": NAMESPACE},
+            "spec": {
+                "targets": ["finance"],
+                "rules": [{"name": "no-transfers", "tools": ["transfer_funds"], "effect": "Deny"}],
+            },
+        }
+    )
+    original = datapath.config
+    datapath.recompile(dataclasses.replace(original, policies={**original.policies, freeze.key: freeze}))
+    try:
+        completed = get_task(datapath, task_id)["result"]
+    finally:
+        datapath.recompile(original)
+    assert_not_executed(completed["result"])
+    assert transfers(datapath) == before
+
+
+def test_cancel_after_approval_but_before_execution_means_it_never_runs(
+    datapath: DataPath, store: ApprovalRecords
+) -> None:
+    before = transfers(datapath)
+    task_id, _ = held(datapath)
+    approve(store, task_id)
+    cancelled = get_task(datapath, task_id, method="tasks/cancel")["result"]
+    assert cancelled["status"] == "cancelled"
+    assert get_task(datapath, task_id)["result"]["status"] == "cancelled"
+    assert transfers(datapath) == before
+
+
+def test_cancel_after_execution_is_refused_and_the_result_stands(
+    datapath: DataPath, store: ApprovalRecords
+) -> None:
+    before = transfers(datapath)
+    task_id, _ = held(datapath)
+    approve(store, task_id)
+    result = get_task(datapath, task_id)["result"]["result"]
+    refused = get_task(datapath, task_id, method="tasks/cancel")
+    assert refused["error"]["code"] == -32602
+    assert "cannot be cancelled" in refused["error"]["message"]
+    assert get_task(datapath, task_id)["result"]["result"] == result
+    assert transfers(datapath) == before + 1
+
+
+def test_a_denied_request_completes_as_not_executed(datapath: DataPath, store: ApprovalRecords) -> None:
+    before = transfers(datapath)
+    task_id, _ = held(datapath)
+    ap.transition(store, NAMESPACE, task_id, lambda r: ap.deny(r, "carol", datetime.now(UTC)))
+    completed = get_task(datapath, task_id)["result"]
+    assert completed["status"] == "completed"
+    assert_not_executed(completed["result"])
+    assert transfers(datapath) == before
+
+
+@pytest.mark.parametrize(
+    "task_id",
+    [
+        "ar-" + "0" * 32,
+        "ar-" + "A" * 32,
+        "ar-" + "0" * 31,
+        "../etc",
+        "",
+        7,
+        None,
+        ["ar-x"],
+        "ar-" + "0" * 32 + "\u200b",
+    ],
+    ids=["unknown", "uppercase", "short", "path", "empty", "number", "null", "array", "zero-width"],
+)
+def test_hostile_task_ids_are_unknown_tasks_or_ordinary_denials(datapath: DataPath, task_id: Any) -> None:
+    before = transfers(datapath)
+    answer = call(datapath, jsonrpc("tasks/get", {"taskId": task_id}, id=9))
+    assert answer["id"] == 9
+    assert answer["error"]["code"] in (-32602, -32001)  # ours: not found; anything else: an unknown method
+    assert transfers(datapath) == before
+
+
+def test_submissions_are_rate_limited_per_subject_with_a_non_requestable_denial(datapath: DataPath) -> None:
+    token = datapath.token("finance", sub="mallory")
+    limit = datapath.approvals.settings.max_submissions if datapath.approvals else 0
+    for _ in range(limit):
+        assert call(datapath, transfer(next(_amounts)), token)["result"]["status"] == "working"
+    refused = call(datapath, transfer(next(_amounts)), token)["result"]
+    assert refused["isError"] is True
+    assert refused["_meta"]["io.modelcontextprotocol/authorization"]["remediation"] == "unavailable"
