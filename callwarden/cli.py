@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
+from callwarden import cli_approvals
 from callwarden.extauthz.jsonrpc import BodyRejected, parse_body
 from callwarden.policy.bundle import Bundle, BundleError, CompiledServer, compile_bundle
 from callwarden.policy.decide import JsonRpcError, decide_messages, deciding_reasons
@@ -20,6 +21,7 @@ from callwarden.policy.loader import ConfigError, load_config
 from callwarden.policy.remote import RemotePdpFactory
 
 if TYPE_CHECKING:  # grpc is imported only when serving
+    from callwarden.extauthz.approvals import ApprovalDesk
     from callwarden.extauthz.server import ServerTls
 
 # Exit codes of `callwarden check`, fixed so scripts and CI can rely on them.
@@ -37,14 +39,20 @@ def _fail(message: str) -> NoReturn:
     raise SystemExit(EXIT_INPUT_ERROR)
 
 
-def load_bundle(config_paths: Sequence[str], *, remote_pdp: RemotePdpFactory | None = None) -> Bundle:
+def load_bundle(
+    config_paths: Sequence[str],
+    *,
+    remote_pdp: RemotePdpFactory | None = None,
+    approvals: ApprovalDesk | None = None,
+) -> Bundle:
     """Load and compile configuration, or raise InputError naming every problem.
 
     Without `remote_pdp` (offline), servers that name a remote AuthZEN PDP fail every call.
     """
     try:
         config = load_config([Path(p) for p in config_paths])
-        bundle = compile_bundle(config, remote_pdp=remote_pdp)
+        authority = approvals.authority if approvals is not None else None
+        bundle = compile_bundle(config, remote_pdp=remote_pdp, approvals=authority)
     except ConfigError as error:
         raise InputError("invalid configuration:\n  " + "\n  ".join(map(str, error.problems))) from error
     except BundleError as error:
@@ -131,9 +139,11 @@ def _command_extauthz(args: argparse.Namespace) -> int:
         return _extauthz_from_kubernetes(args)
     from callwarden.extauthz.service import start_extauthz  # noqa: PLC0415 (grpc only when serving)
 
-    bundle = load_bundle(args.config, remote_pdp=_remote_pdps())
+    desk = _approval_desk(args)
+    bundle = load_bundle(args.config, remote_pdp=_remote_pdps(), approvals=desk)
     with start_extauthz(
         bundle,
+        approvals=desk,
         listen=args.listen,
         http_listen=args.http_listen,
         audit_path=args.audit_log,
@@ -150,6 +160,43 @@ def _command_extauthz(args: argparse.Namespace) -> int:
         )
         _wait_for_signal()
     return 0
+
+
+def _approval_desk(args: argparse.Namespace, kube: Any = None) -> ApprovalDesk | None:
+    """The approval workflow the flags ask for: AccessRequests in the cluster (`--approvals` with
+    `--kubernetes`) or a standalone SQLite file (`--approvals-store`); None when not asked."""
+    from callwarden.extauthz.approvals import approval_desk  # noqa: PLC0415 (grpc only when serving)
+    from callwarden.stores.approvals import ApprovalRecords  # noqa: PLC0415
+
+    try:
+        if args.approvals_store:
+            from callwarden.stores.sqlite import SqliteDocuments  # noqa: PLC0415
+
+            store = ApprovalRecords(SqliteDocuments(args.approvals_store))
+            key = args.binding_key or f"{args.approvals_store}.key"
+            return approval_desk(store, key, args.approvals_issuer, create_key=args.binding_key is None)
+        if not getattr(args, "approvals", False):
+            return None
+        if kube is None or not args.binding_key:
+            raise InputError(
+                "--approvals needs --kubernetes and --binding-key (an ES256 key, e.g. a mounted Secret)"
+            )
+        from callwarden.stores.kube import KubeDocuments  # noqa: PLC0415
+
+        return approval_desk(ApprovalRecords(KubeDocuments(kube)), args.binding_key, args.approvals_issuer)
+    except ValueError as error:
+        raise InputError(str(error)) from error
+
+
+def _add_approval_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--approvals-store", help="hold RequireApproval calls for review in this SQLite file")
+    parser.add_argument(
+        "--binding-key",
+        help="ES256 PEM key signing binding tokens (standalone default: STORE.key, generated)",
+    )
+    parser.add_argument(
+        "--approvals-issuer", default="urn:callwarden:ars", help="iss and aud of callwarden's binding tokens"
+    )
 
 
 def _server_tls(args: argparse.Namespace) -> ServerTls | None:
@@ -173,6 +220,7 @@ def _extauthz_from_kubernetes(args: argparse.Namespace) -> int:
     kube = Kube(new_api_client(args.kubeconfig))
     with start_kubernetes_extauthz(
         kube,
+        approvals=_approval_desk(args, kube),
         namespace=args.namespace,
         listen=args.listen,
         http_listen=args.http_listen,
@@ -335,6 +383,12 @@ def build_parser() -> argparse.ArgumentParser:
     extauthz.add_argument("--listen", default="0.0.0.0:9001", help="gRPC HOST:PORT (default 0.0.0.0:9001)")
     _add_serving_arguments(extauthz)
     _add_tls_arguments(extauthz)
+    _add_approval_arguments(extauthz)
+    extauthz.add_argument(
+        "--approvals",
+        action="store_true",
+        help="with --kubernetes: hold RequireApproval calls as AccessRequests",
+    )
     extauthz.set_defaults(handler=_command_extauthz)
 
     operator = commands.add_parser(
@@ -396,6 +450,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--config", help="scenario configuration (default: examples/board-packet)")
     demo.set_defaults(handler=_command_demo)
+    cli_approvals.add_parser(commands)
     return parser
 
 

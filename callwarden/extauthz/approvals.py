@@ -27,12 +27,14 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, Final
 
 import orjson
 
 from callwarden.extauthz import tasks
 from callwarden.extauthz.extproc import Exchange, HookFailure
+from callwarden.extauthz.jose import JwsSigner, load_signing_key
 from callwarden.policy import approval as ap
 from callwarden.policy.bundle import CompiledServer
 from callwarden.policy.canonical import (
@@ -82,6 +84,8 @@ class ApprovalDesk:
     store: ap.ApprovalStore
     settings: ApprovalSettings = field(default_factory=ApprovalSettings)
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
+    # What the bundle's embedded PDPs must be compiled with, so approvals can lift their denials.
+    authority: ap.ApprovalAuthority | None = None
 
     # -- a requestable denial -------------------------------------------------------------
 
@@ -322,6 +326,22 @@ class ApprovalDesk:
                 event(record, reason, message, warning=warning)
             except Exception:  # an Event is a courtesy: the status and the decision log say it all
                 log.warning("cannot record event %s for %s", reason, record.id, exc_info=True)
+
+
+def approval_desk(
+    store: ap.ApprovalStore,
+    key_path: str | Path,
+    issuer: str,
+    *,
+    create_key: bool = False,
+    settings: ApprovalSettings | None = None,
+) -> ApprovalDesk:
+    """The desk over `store`, with binding tokens signed by the ES256 key at `key_path` (generated
+    there when `create_key` and missing: standalone use; in a cluster, a mounted Secret). callwarden
+    is its own ARS, so its binding tokens are issued by and for `issuer`."""
+    signer = JwsSigner(load_signing_key(key_path, create=create_key), issuer)
+    authority = ap.BoundApprovals(store, signer, audience=issuer)
+    return ApprovalDesk(store, settings or ApprovalSettings(), authority=authority)
 
 
 class ApprovalCompletion:

@@ -31,13 +31,12 @@ import pytest
 from callwarden.demo.issuers import DEFAULT_ISSUERS, RunningIssuers, start_issuers
 from callwarden.demo.run import EXAMPLE, NAMESPACE, Issuers, localize
 from callwarden.demo.servers import DEFAULT_PORTS, RunningServers, start_servers
-from callwarden.extauthz.approvals import ApprovalDesk
+from callwarden.extauthz.approvals import ApprovalDesk, approval_desk
 from callwarden.extauthz.decide import DECISION_HEADER
 from callwarden.extauthz.extproc import BodyHook
-from callwarden.extauthz.jose import JwsSigner, load_signing_key
 from callwarden.extauthz.service import Gateway, start_gateway
 from callwarden.extauthz.token import JwksStore
-from callwarden.policy.approval import ApprovalStore, BoundApprovals
+from callwarden.policy.approval import ApprovalAuthority, ApprovalStore
 from callwarden.policy.bundle import Bundle, CompiledServer, compile_bundle
 from callwarden.policy.loader import Config, load_config
 from callwarden.policy.remote import RemotePdpFactory
@@ -84,7 +83,7 @@ class DataPath:
     issuers: RunningIssuers | None = None  # the demo issuers, when the test brought none
     config: Config | None = None  # the localized configuration the bundle was compiled from
     approvals: ApprovalDesk | None = None  # the approval workflow, when started with a store
-    authority: BoundApprovals | None = None  # what the bundle's PDPs consult about approvals
+    authority: ApprovalAuthority | None = None  # what the bundle's PDPs consult about approvals
 
     def recompile(self, config: Config) -> None:
         """Enforce `config` from the next request on, as a configuration change would."""
@@ -194,13 +193,12 @@ def start_datapath(
         if trusted is None:
             trusted = demo_issuers = stack.enter_context(start_issuers(dict.fromkeys(DEFAULT_ISSUERS, 0)))
         config = localize(load_config([EXAMPLE]), servers, trusted)
-        desk = authority = None
+        desk = None
         if approvals is not None:
-            signer = JwsSigner(
-                load_signing_key(workdir / "binding-key.pem", create=True), "https://callwarden.test"
+            desk = approval_desk(
+                approvals, workdir / "binding-key.pem", "https://callwarden.test", create_key=True
             )
-            authority = BoundApprovals(approvals, signer, audience="https://callwarden.test")
-            desk = ApprovalDesk(approvals)
+        authority = desk.authority if desk is not None else None
         bundle = compile_bundle(config, remote_pdp=remote_pdp, approvals=authority)
         audit_path = workdir / "decisions.jsonl"
         gateway = stack.enter_context(
