@@ -197,6 +197,11 @@ def _add_approval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--approvals-issuer", default="urn:callwarden:ars", help="iss and aud of callwarden's binding tokens"
     )
+    parser.add_argument(
+        "--approvals",
+        action="store_true",
+        help="with --kubernetes: hold RequireApproval calls as AccessRequests",
+    )
 
 
 def _server_tls(args: argparse.Namespace) -> ServerTls | None:
@@ -384,11 +389,6 @@ def build_parser() -> argparse.ArgumentParser:
     _add_serving_arguments(extauthz)
     _add_tls_arguments(extauthz)
     _add_approval_arguments(extauthz)
-    extauthz.add_argument(
-        "--approvals",
-        action="store_true",
-        help="with --kubernetes: hold RequireApproval calls as AccessRequests",
-    )
     extauthz.set_defaults(handler=_command_extauthz)
 
     operator = commands.add_parser(
