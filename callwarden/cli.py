@@ -333,6 +333,7 @@ def _add_serving_arguments(extauthz: argparse.ArgumentParser) -> None:
 
 
 def _add_tls_arguments(extauthz: argparse.ArgumentParser) -> None:
+    _add_approval_arguments(extauthz)  # the other half of what a serving ext_authz is told
     extauthz.add_argument("--tls-cert", help="PEM certificate chain: serve gRPC over TLS")
     extauthz.add_argument("--tls-key", help="PEM private key of --tls-cert")
 
@@ -388,7 +389,6 @@ def build_parser() -> argparse.ArgumentParser:
     extauthz.add_argument("--listen", default="0.0.0.0:9001", help="gRPC HOST:PORT (default 0.0.0.0:9001)")
     _add_serving_arguments(extauthz)
     _add_tls_arguments(extauthz)
-    _add_approval_arguments(extauthz)
     extauthz.set_defaults(handler=_command_extauthz)
 
     operator = commands.add_parser(
