@@ -323,6 +323,7 @@ def _command_demo(args: argparse.Namespace) -> int:
 
 
 def _add_serving_arguments(extauthz: argparse.ArgumentParser) -> None:
+    _add_approval_arguments(extauthz)
     extauthz.add_argument("--http-listen", help="HOST:PORT for /metrics, /healthz and /readyz")
     extauthz.add_argument("--audit-log", help="append decision lines to this file (default: stdout)")
     extauthz.add_argument("--workers", type=int, default=4, help="gRPC worker threads (default 4)")
@@ -333,7 +334,6 @@ def _add_serving_arguments(extauthz: argparse.ArgumentParser) -> None:
 
 
 def _add_tls_arguments(extauthz: argparse.ArgumentParser) -> None:
-    _add_approval_arguments(extauthz)  # the other half of what a serving ext_authz is told
     extauthz.add_argument("--tls-cert", help="PEM certificate chain: serve gRPC over TLS")
     extauthz.add_argument("--tls-key", help="PEM private key of --tls-cert")
 
