@@ -22,7 +22,7 @@ from typing import Any, Final
 from callwarden.policy import approval as ap
 from callwarden.stores.approvals import ApprovalRecords, to_object
 
-_DURATION: Final = re.compile(r"^(\d{1,6})([smhd])$")
+_DURATION: Final = re.compile(r"(\d{1,6})([smhd])")
 _UNITS: Final = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 
 
@@ -145,7 +145,7 @@ def _find(store: ApprovalRecords, namespace: str | None, task_id: str) -> ap.Acc
 def _until(text: str | None, now: datetime) -> datetime | None:
     if text is None:
         return None
-    duration = _DURATION.match(text)
+    duration = _DURATION.fullmatch(text)
     if duration is not None:
         return now + timedelta(**{_UNITS[duration.group(2)]: int(duration.group(1))})
     try:
