@@ -64,17 +64,29 @@ def add_parser(commands: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        store, identity = _open(args)
-        if args.action == "list":
-            return _list(store, args)
-        record = _find(store, args.namespace, args.id)
-        if args.action == "show":
-            print(json.dumps(to_object(record), indent=2, sort_keys=False))
-            return 0
-        return _decide(store, record, args, identity)
+        return _run(args)
     except ApprovalsError as error:
         print(f"callwarden: {error}", file=sys.stderr)
         return 2
+    except Exception as error:
+        if not args.kubernetes:
+            raise
+        from callwarden.kube.client import describe_error  # noqa: PLC0415
+
+        # RBAC decides who may approve: a refusal is the answer, not a crash.
+        print(f"callwarden: the API server refused: {describe_error(error)}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
+    store, identity = _open(args)
+    if args.action == "list":
+        return _list(store, args)
+    record = _find(store, args.namespace, args.id)
+    if args.action == "show":
+        print(json.dumps(to_object(record), indent=2, sort_keys=False))
+        return 0
+    return _decide(store, record, args, identity)
 
 
 def _open(args: argparse.Namespace) -> tuple[ApprovalRecords, Callable[[], str]]:

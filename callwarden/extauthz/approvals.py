@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -86,6 +87,10 @@ class ApprovalDesk:
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
     # What the bundle's embedded PDPs must be compiled with, so approvals can lift their denials.
     authority: ap.ApprovalAuthority | None = None
+    _events: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(max_workers=1, thread_name_prefix="approval-events"),
+        repr=False,
+    )
 
     # -- a requestable denial -------------------------------------------------------------
 
@@ -112,10 +117,11 @@ class ApprovalDesk:
         namespace = server.server.metadata.namespace
         subject_id = str(request["subject"]["id"])
         now = self.clock()
-        call = ap.call_key(server.key, subject_id, verdict.tool, digest)
-        for record in self.store.for_call(namespace, call):
+        mine = self.store.for_subject(namespace, subject_id)  # one list: the retry, dedupe and the limit
+        for record in mine:
             current = ap.expire_if_due(record, now)
-            if current.binding_hash != hashed:
+            call = (current.server, current.tool, current.arguments_digest)
+            if call != (server.key, verdict.tool, digest) or current.binding_hash != hashed:
                 continue
             if current.state == "approved" and current.execution == "none":
                 ran = self._run_retry(server, current, verdict.params, claims, request_id)
@@ -123,11 +129,7 @@ class ApprovalDesk:
                     return ran
             elif current.state == "pending":
                 return self._answer_held(current, verdict.params, request_id, "approval:deduplicated")
-        recent = [
-            r
-            for r in self.store.for_subject(namespace, subject_id)
-            if now - ap.parse_time(r.created_at) < self.settings.submission_period
-        ]
+        recent = [r for r in mine if now - ap.parse_time(r.created_at) < self.settings.submission_period]
         if len(recent) >= self.settings.max_submissions:
             text = (
                 f"Too many approval requests: calling {verdict.tool} was denied and did not run. Retry later."
@@ -320,12 +322,29 @@ class ApprovalDesk:
     def note(
         self, record: ap.AccessRequestRecord, reason: str, message: str, *, warning: bool = False
     ) -> None:
+        """Record an Event for a transition, off the request path (Envoy's check has a deadline)."""
         event = getattr(self.store, "event", None)
         if event is not None:
-            try:
-                event(record, reason, message, warning=warning)
-            except Exception:  # an Event is a courtesy: the status and the decision log say it all
-                log.warning("cannot record event %s for %s", reason, record.id, exc_info=True)
+            self._events.submit(_post_event, event, record, reason, message, warning)
+
+    def close(self) -> None:
+        """Post the Events still queued."""
+        self._events.shutdown(wait=True)
+
+    def warm(self) -> None:
+        """Ask the store once before serving: the first request to an API server pays for the
+        connection and authentication (about a second), which must not land inside Envoy's
+        check deadline; a store that cannot answer (no CRD, no RBAC) fails startup instead."""
+        self.store.for_subject("default", "callwarden-startup")
+
+
+def _post_event(
+    event: Callable[..., None], record: ap.AccessRequestRecord, reason: str, message: str, warning: bool
+) -> None:
+    try:
+        event(record, reason, message, warning=warning)
+    except Exception:  # an Event is a courtesy: the status and the decision log say it all
+        log.warning("cannot record event %s for %s", reason, record.id, exc_info=True)
 
 
 def approval_desk(

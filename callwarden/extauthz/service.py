@@ -106,6 +106,9 @@ def start_extauthz(
             stack.callback(jwks.close)
         decision_log = DecisionLog(stream=audit_stream, path=audit_path)
         stack.callback(decision_log.close)
+        if approvals is not None:
+            approvals.warm()
+            stack.callback(approvals.close)
         chosen = tuple(default_hooks() if hooks is None else hooks)
         registered = Hooks(chosen if approvals is None else (*chosen, ApprovalCompletion(approvals)))
         enforcer = Enforcer(EnforcementState.build(bundle, jwks), decision_log, registered, approvals)

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, Literal, Protocol
 
-from callwarden.policy.canonical import CanonicalizationError, binding_hash, canonical, structurally_equal
+from callwarden.policy.canonical import CanonicalizationError, binding_hash, structurally_equal
 
 __all__ = [
     "APPROVAL_STATES",
@@ -45,7 +45,6 @@ __all__ = [
     "StoreConflict",
     "TokenSigner",
     "approve",
-    "call_key",
     "cancel",
     "claim",
     "deny",
@@ -386,9 +385,6 @@ class ApprovalStore(ApprovalLookup, Protocol):
     def all(self, namespace: str | None = None) -> list[AccessRequestRecord]:
         """Every record (of one namespace), oldest first."""
 
-    def for_call(self, namespace: str, call_key: str) -> list[AccessRequestRecord]:
-        """The records of one call (`call_key`: server, subject, tool and argument digest), oldest first."""
-
     def for_subject(self, namespace: str, subject_id: str) -> list[AccessRequestRecord]:
         """The records of one subject, oldest first."""
 
@@ -413,11 +409,6 @@ def transition(store: ApprovalStore, namespace: str, task_id: str, step: Transit
         except StoreConflict:
             continue
     raise StoreConflict(f"access request {task_id} kept changing; gave up after {_CONFLICT_RETRIES} tries")
-
-
-def call_key(server: str, subject_id: str, tool: str | None, arguments_digest: str) -> str:
-    """The identity of a call for deduplication: who asked for which tool with which arguments."""
-    return hashlib.sha256(canonical([server, subject_id, tool, arguments_digest])).hexdigest()[:40]
 
 
 def subject_key(subject_id: str) -> str:
