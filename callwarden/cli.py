@@ -303,17 +303,37 @@ def _command_pdp(args: argparse.Namespace) -> int:
     from callwarden.authzen.api import ApiOptions, start_pdp  # noqa: PLC0415
 
     try:
-        pdp, policies = serve.load_pdp(args.config, args.data)
+        authority, access = _access_request_server(args)
+        pdp, policies = serve.load_pdp(args.config, args.data, authority)
         tokens = serve.read_bearer_tokens(args.token_file) if args.token_file else ()
         tls = serve.tls_context(args.tls_cert, args.tls_key) if args.tls_cert else None
         options = ApiOptions(bearer_tokens=tokens, explain=args.explain)
         listen, base_url = args.listen, args.base_url
-        with start_pdp(pdp, listen=listen, base_url=base_url, options=options, ssl_context=tls) as up:
+        with start_pdp(
+            pdp, listen=listen, base_url=base_url, options=options, ssl_context=tls, access=access
+        ) as up:
             print(f"callwarden: AuthZEN PDP, {policies} ToolPolicy(ies), at {up.base_url}", file=sys.stderr)
             _wait_for_signal()
     except (serve.PdpSetupError, ValueError, OSError) as error:
         raise InputError(str(error)) from error
     return 0
+
+
+def _access_request_server(args: argparse.Namespace) -> tuple[Any, Any]:
+    """(BoundApprovals, AccessRequestServer) over `--approvals-store`, or (None, None)."""
+    if not args.approvals_store:
+        return None, None
+    from callwarden.authzen.access_requests import AccessRequestServer  # noqa: PLC0415
+    from callwarden.extauthz.jose import JwsSigner, load_signing_key  # noqa: PLC0415
+    from callwarden.policy.approval import BoundApprovals  # noqa: PLC0415
+    from callwarden.stores.approvals import ApprovalRecords  # noqa: PLC0415
+    from callwarden.stores.sqlite import SqliteDocuments  # noqa: PLC0415
+
+    store = ApprovalRecords(SqliteDocuments(args.approvals_store))
+    key = load_signing_key(args.binding_key or f"{args.approvals_store}.key", create=args.binding_key is None)
+    signer = JwsSigner(key, args.approvals_issuer)
+    authority = BoundApprovals(store, signer, audience=args.approvals_issuer)
+    return authority, AccessRequestServer(store, signer, audience=args.approvals_issuer)
 
 
 def _command_demo(args: argparse.Namespace) -> int:
@@ -334,7 +354,7 @@ def _add_serving_arguments(extauthz: argparse.ArgumentParser) -> None:
 
 
 def _add_tls_arguments(extauthz: argparse.ArgumentParser) -> None:
-    extauthz.add_argument("--tls-cert", help="PEM certificate chain: serve gRPC over TLS")
+    extauthz.add_argument("--tls-cert", help="PEM certificate chain: serve over TLS (gRPC, HTTPS)")
     extauthz.add_argument("--tls-key", help="PEM private key of --tls-cert")
 
 
@@ -440,9 +460,9 @@ def build_parser() -> argparse.ArgumentParser:
     pdp.add_argument("--listen", default="127.0.0.1:8181", help="HOST:PORT (default 127.0.0.1:8181)")
     pdp.add_argument("--base-url", help="the policy_decision_point to publish (default: from --listen)")
     pdp.add_argument("--token-file", help="PEP bearer secrets, one per line; requests without one get 401")
-    pdp.add_argument("--tls-cert", help="PEM certificate chain: serve HTTPS")
-    pdp.add_argument("--tls-key", help="PEM private key of --tls-cert")
+    _add_tls_arguments(pdp)
     pdp.add_argument("--explain", action="store_true", help="name the deciding rules in decision contexts")
+    _add_approval_arguments(pdp)
     pdp.set_defaults(handler=_command_pdp)
 
     demo = commands.add_parser(

@@ -32,6 +32,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, paddin
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
 
 from callwarden.policy import strictjson
+from callwarden.policy.approval import TokenExpired
 
 MIN_RSA_BITS: Final = 2048
 MAX_RSA_BITS: Final = 8192  # larger moduli only make verification slower, never safer in practice
@@ -335,8 +336,10 @@ class JwsSigner:
         if claims.get("iss") != self._issuer or claims.get("aud") != audience:
             raise ValueError("issued by someone else or for another audience")
         expires = claims.get("exp")
-        if type(expires) is not int or expires <= time.time():
-            raise ValueError("expired")
+        if type(expires) is not int:
+            raise ValueError("no expiry")
+        if expires <= time.time():
+            raise TokenExpired("expired")
         return claims
 
 

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, Literal, Protocol
 
-from callwarden.policy.canonical import CanonicalizationError, binding_hash, structurally_equal
+from callwarden.policy.canonical import CanonicalizationError, binding_hash, binding_set, structurally_equal
 
 __all__ = [
     "APPROVAL_STATES",
@@ -43,6 +43,7 @@ __all__ = [
     "Execution",
     "InvalidTransition",
     "StoreConflict",
+    "TokenExpired",
     "TokenSigner",
     "approve",
     "cancel",
@@ -132,6 +133,7 @@ class AccessRequestRecord:
     comment: str | None = None
     result: Mapping[str, Any] | None = None
     disposition: Disposition | None = None
+    submission: Mapping[str, Any] | None = None  # ARS submissions: binding token id, idempotency key
     version: str | None = field(default=None, compare=False)
 
     @property
@@ -261,6 +263,10 @@ class ApprovalLookup(Protocol):
     def get(self, namespace: str, task_id: str) -> AccessRequestRecord | None: ...
 
 
+class TokenExpired(ValueError):
+    """A token that was valid, but no longer is (ARAP `expired_denial`, not `invalid_denial_binding`)."""
+
+
 class TokenSigner(Protocol):
     """Signs binding tokens (a compact JWS) and verifies the ones it signed."""
 
@@ -269,8 +275,12 @@ class TokenSigner(Protocol):
 
     def sign(self, claims: Mapping[str, Any]) -> str: ...
 
+    def jwks(self) -> dict[str, Any]:
+        """The public keys that verify the tokens (published as the PDP's `jwks_uri`)."""
+
     def verify(self, token: str, audience: str) -> dict[str, Any]:
-        """The claims of a token this signer issued for `audience`, unexpired; raises ValueError."""
+        """The claims of a token this signer issued for `audience`, unexpired; raises ValueError
+        (TokenExpired when only its time is up)."""
 
 
 @dataclass(frozen=True)
@@ -332,6 +342,7 @@ class BoundApprovals:
                 "jti": secrets.token_hex(16),
                 "evaluation_id": evaluation_id,
                 "binding_hash": hashed,
+                "binding_context_members": sorted(binding_set(request)["context"]),
                 "denial_expires_at": format_time(expires),
             }
         )

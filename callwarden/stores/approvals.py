@@ -33,6 +33,7 @@ _SPEC: Final = (
     ("revision", "bundleRevision"),
     ("created_at", "createdAt"),
     ("expires_at", "expiresAt"),
+    ("submission", "submission"),
 )
 _STATUS: Final = (
     ("state", "state"),
