@@ -254,10 +254,11 @@ HOSTILE: list[Any] = [
 ]
 
 
-@pytest.mark.parametrize(("name", "change", "status", "kind"), HOSTILE, ids=[h[0] for h in HOSTILE])
+@pytest.mark.parametrize("case", HOSTILE, ids=[h[0] for h in HOSTILE])
 def test_hostile_submissions_are_refused_with_a_specific_problem(
-    client: httpx.Client, store: ApprovalRecords, name: str, change: Any, status: int, kind: str | None
+    client: httpx.Client, store: ApprovalRecords, case: Any
 ) -> None:
+    _, change, status, kind = case
     denial = denial_of(client)
     body = submission(denial)
     change(denial, body)
