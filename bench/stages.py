@@ -29,6 +29,7 @@ from harness import EXAMPLE, cpu_us_per_call, write_config  # noqa: E402
 
 from callwarden.demo.issuers import start_issuers  # noqa: E402
 from callwarden.extauthz import metrics  # noqa: E402
+from callwarden.extauthz.approvals import approval_desk  # noqa: E402
 from callwarden.extauthz.audit import DecisionLog, new_decision_id  # noqa: E402
 from callwarden.extauthz.decide import DECISION_HEADER, EnforcementState, Enforcer  # noqa: E402
 from callwarden.extauthz.jsonrpc import parse_body  # noqa: E402
@@ -38,6 +39,8 @@ from callwarden.policy.bundle import Bundle, compile_bundle  # noqa: E402
 from callwarden.policy.decide import decide  # noqa: E402
 from callwarden.policy.loader import load_config  # noqa: E402
 from callwarden.policy.mapping import AuthorizationRequests  # noqa: E402
+from callwarden.stores.approvals import ApprovalRecords  # noqa: E402
+from callwarden.stores.sqlite import SqliteDocuments  # noqa: E402
 
 FINANCE = "board-packet/finance"
 DOCUMENTS = "board-packet/documents"
@@ -109,7 +112,8 @@ def measure(smoke: bool) -> dict[str, Any]:
         start_issuers({"finance": 0, "documents": 0, "workflow": 0}) as issuers,
         tempfile.TemporaryDirectory() as tmp,
     ):
-        bundle = bundle_for(write_config(issuers, Path(tmp) / "config"))
+        issuers_config = write_config(issuers, Path(tmp) / "config")
+        bundle = bundle_for(issuers_config)
         finance = bundle.servers[FINANCE]
         jwks = JwksStore()
         rs_tokens = [
@@ -191,6 +195,9 @@ def measure(smoke: bool) -> dict[str, Any]:
             lambda: quiet_enforcer.check(check)
         )
         queue_only.close()
+        whole["Enforcer.check, allowed, approvals on (SQLite store)"] = _with_approvals(
+            Path(tmp), issuers_config, jwks, check, us
+        )
         decision_log.close()
         jwks.close()
     return {
@@ -210,6 +217,22 @@ class _QueueOnlyLog(DecisionLog):
 
     def record(self, line: Mapping[str, Any]) -> None:
         self.kept.append(orjson.dumps(dict(line), option=orjson.OPT_APPEND_NEWLINE))
+
+
+def _with_approvals(
+    tmp: Path, config: Path, jwks: JwksStore, check: CheckRequest, us: Callable[[Callable[[], Any]], float]
+) -> float:
+    """The allowed call again, with the approval workflow on: a call no RequireApproval rule holds
+    must not touch the store (the desk only looks at a verdict that is requestable or approval-made)."""
+    store = ApprovalRecords(SqliteDocuments(tmp / "approvals.db"))
+    desk = approval_desk(store, tmp / "binding-key.pem", "urn:bench", create_key=True)
+    bundle = compile_bundle(load_config([config]), approvals=desk.authority)
+    approvals_log = DecisionLog(path=os.devnull)
+    enforcer = Enforcer(EnforcementState.build(bundle, jwks), approvals_log, approvals=desk)
+    cost = us(lambda: enforcer.check(check))
+    approvals_log.close()
+    desk.close()
+    return cost
 
 
 def _metrics_once() -> None:
