@@ -33,6 +33,7 @@ from typing import Any, Final
 
 import orjson
 
+from callwarden.authzen.client import RemoteAuthzenPdp, RemotePdpError
 from callwarden.extauthz import tasks
 from callwarden.extauthz.extproc import Exchange, HookFailure
 from callwarden.extauthz.jose import JwsSigner, load_signing_key
@@ -103,12 +104,10 @@ class ApprovalDesk:
         revision: str,
     ) -> Handled | None:
         """The answer to a tools/call denied requestably, or None to deny it plainly (it cannot be bound)."""
-        held = [
-            request for request, d in zip(verdict.requests, verdict.decisions, strict=True) if not d.allowed
-        ]
+        held = [(r, d) for r, d in zip(verdict.requests, verdict.decisions, strict=True) if not d.allowed]
         if verdict.method != "tools/call" or verdict.params is None or len(held) != 1:
             return None  # one approval binds one AuthZEN request
-        request = held[0]
+        request, decision = held[0]
         arguments = verdict.params.get("arguments")
         try:
             digest, hashed = argument_digest(arguments), binding_hash(request)
@@ -136,6 +135,11 @@ class ApprovalDesk:
             )
             body = tasks.response(request_id, tasks.not_executed(text, None, "unavailable"))
             return Handled(False, "approval:rate-limited", None, body)
+        remote = None
+        if isinstance(server.pdp, RemoteAuthzenPdp):
+            remote = _submit_remote(server.pdp, request, decision.context)
+            if remote is None:
+                return None  # the remote ARS did not take the request: a plain denial
         context = request.get("context") or {}
         record = ap.AccessRequestRecord(
             id=ap.new_task_id(),
@@ -154,10 +158,39 @@ class ApprovalDesk:
             actors=tuple(context.get("actors") or ()),
             created_at=ap.format_time(now),
             expires_at=ap.format_time(now + self.settings.window),
+            remote=remote,
         )
         created = self.store.create(record)
         self.note(created, "Requested", f"{subject_id} asked to call {verdict.tool}; waiting for a reviewer")
         return self._answer_held(created, verdict.params, request_id, "approval:requested")
+
+    def _poll_remote(self, server: CompiledServer, record: ap.AccessRequestRecord) -> ap.AccessRequestRecord:
+        """A pending remote request as its ARS reports it now: approved only on `result.mode:
+        reevaluate` with an approval; an unknown status or mode is not an approval (ARAP §4.3, §4.4)."""
+        if not isinstance(server.pdp, RemoteAuthzenPdp) or record.remote is None:
+            return record
+        try:
+            answer = server.pdp.access_request_status(str(record.remote["statusEndpoint"]))
+        except RemotePdpError as error:
+            log.warning("cannot poll access request %s: %s", record.id, error)
+            return record
+        status = answer["task"]["status"]
+        result = answer.get("result")
+        step: ap.Transition | None = None
+        if status == "approved" and isinstance(result, Mapping) and result.get("mode") == "reevaluate":
+            approval = result.get("approval")
+            if isinstance(approval, Mapping):
+                step = lambda r: ap.approve_remote(r, approval, self.clock())  # noqa: E731
+        elif status in ("denied", "expired", "cancelled", "failed"):
+            step = lambda r: ap.close_remote(r, status, self.clock())  # noqa: E731
+        if step is None:
+            return record
+        try:
+            return self._persist(
+                record, step, "Remote" + status.capitalize(), f"the remote ARS says {status}"
+            )
+        except ValueError:
+            return record
 
     def _answer_held(
         self, record: ap.AccessRequestRecord, params: Mapping[str, Any], request_id: Any, reason: str
@@ -181,7 +214,7 @@ class ApprovalDesk:
         if approval is None:
             return None
         verdict = decide_with_approval(server, params, claims, approval)
-        if not verdict.allowed or verdict.approvals != (approval["id"],):
+        if not _permits(server, verdict, approval):
             return None
         try:
             claimed = ap.transition(
@@ -271,6 +304,8 @@ class ApprovalDesk:
             current = self._persist(
                 record, lambda r: ap.expire_if_due(r, self.clock()), "Expired", "expired undecided"
             )
+        if current.state == "pending" and current.remote is not None:
+            current = self._poll_remote(server, current)
         if current.state == "approved" and current.execution == "none":
             return self._complete(server, current, request_id, claims)
         answer = tasks.task_result(current, self.settings.poll_interval_ms)
@@ -289,7 +324,7 @@ class ApprovalDesk:
         approval = record.approval()
         assert approval is not None  # an approved record has its approval
         verdict = decide_with_approval(server, record.call, claims, approval)
-        if not verdict.allowed or verdict.approvals != (approval["id"],):
+        if not _permits(server, verdict, approval):
             why = (
                 verdict.error.message
                 if verdict.error is not None
@@ -336,6 +371,29 @@ class ApprovalDesk:
         connection and authentication (about a second), which must not land inside Envoy's
         check deadline; a store that cannot answer (no CRD, no RBAC) fails startup instead."""
         self.store.for_subject("default", "callwarden-startup")
+
+
+def _submit_remote(
+    pdp: RemoteAuthzenPdp, request: Mapping[str, Any], denial: Mapping[str, Any] | None
+) -> dict[str, Any] | None:
+    """A remote PDP's requestable denial goes to its ARS: the task handle to keep, or None when
+    the submission failed (then the denial is plain)."""
+    if denial is None:
+        return None
+    try:
+        task = pdp.submit_access_request(request, denial)
+    except RemotePdpError as error:
+        log.warning("the ARS of %s did not take an access request: %s", pdp.url, error)
+        return None
+    return {"taskId": task["id"], "statusEndpoint": task["status_endpoint"]}
+
+
+def _permits(server: CompiledServer, verdict: Verdict, approval: Mapping[str, Any]) -> bool:
+    """Whether a re-evaluation with `approval` permits: callwarden's PDP names the approval it
+    verified; a remote PDP's permit of the request carrying its own approval is its word."""
+    if not verdict.allowed:
+        return False
+    return isinstance(server.pdp, RemoteAuthzenPdp) or verdict.approvals == (approval["id"],)
 
 
 def _post_event(

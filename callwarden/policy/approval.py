@@ -46,8 +46,10 @@ __all__ = [
     "TokenExpired",
     "TokenSigner",
     "approve",
+    "approve_remote",
     "cancel",
     "claim",
+    "close_remote",
     "deny",
     "expire_if_due",
     "finish",
@@ -134,6 +136,8 @@ class AccessRequestRecord:
     result: Mapping[str, Any] | None = None
     disposition: Disposition | None = None
     submission: Mapping[str, Any] | None = None  # ARS submissions: binding token id, idempotency key
+    remote: Mapping[str, Any] | None = None  # the remote ARS's task, when a remote PDP holds the request
+    remote_approval: Mapping[str, Any] | None = None  # the approval that remote ARS granted, verbatim
     version: str | None = field(default=None, compare=False)
 
     @property
@@ -148,6 +152,8 @@ class AccessRequestRecord:
         """The ARAP `result.approval` object; placed unchanged at `context.approval` to re-evaluate."""
         if self.state != "approved" or self.approved_until is None or self.decided_at is None:
             return None
+        if self.remote is not None:
+            return None if self.remote_approval is None else dict(self.remote_approval)
         return {
             "id": APPROVAL_ID_PREFIX + self.id,
             "approved_at": self.decided_at,
@@ -205,6 +211,30 @@ def approve(
         approved_until=format_time(bound),
         comment=comment,
     )
+
+
+def approve_remote(
+    record: AccessRequestRecord, approval: Mapping[str, Any], now: datetime
+) -> AccessRequestRecord:
+    """pending -> approved by a remote ARS: its approval (`id`, `approved_until`) is kept verbatim,
+    and is enforced no longer than it says nor than the request's own expiry. Raises ValueError for
+    an approval that does not say until when."""
+    until = approval.get("approved_until")
+    if not isinstance(approval.get("id"), str) or not isinstance(until, str):
+        raise ValueError("the remote approval has no id or approved_until")
+    approved = approve(
+        record, f"ars:{(record.remote or {}).get('statusEndpoint', '')}", now, parse_time(until)
+    )
+    return approved.with_changes(remote_approval=dict(approval))
+
+
+def close_remote(record: AccessRequestRecord, state: ApprovalState, now: datetime) -> AccessRequestRecord:
+    """pending -> the terminal state a remote ARS reported (denied, expired, cancelled, failed)."""
+    current = expire_if_due(record, now)
+    _require(
+        current, current.state == "pending" and state in TERMINAL_STATES - {"approved"}, f"close as {state}"
+    )
+    return current.with_changes(state=state, decided_at=format_time(now), execution="withdrawn")
 
 
 def deny(
@@ -306,11 +336,14 @@ class ApprovalAuthority(Protocol):
         """Whether `request.context.approval` lifts the RequireApproval denial of `request`."""
 
 
-def _namespace_of(request: Mapping[str, Any]) -> str:
-    """The namespace whose records can approve `request`: its McpServer's, else `default`."""
+def _namespaces_of(request: Mapping[str, Any]) -> tuple[str, ...]:
+    """Where records that can approve `request` live: its McpServer's namespace (calls held on the
+    data path), then `default` (requests submitted to the ARS endpoint, whatever their context)."""
     mcp = (request.get("context") or {}).get("mcp")
     server = mcp.get("server") if isinstance(mcp, Mapping) else None
-    return server.split("/", 1)[0] if isinstance(server, str) and "/" in server else "default"
+    if isinstance(server, str) and "/" in server and not server.startswith("default/"):
+        return (server.split("/", 1)[0], "default")
+    return ("default",)
 
 
 @dataclass(frozen=True)
@@ -361,7 +394,9 @@ class BoundApprovals:
         approval_id = approval.get("id") if isinstance(approval, Mapping) else None
         if not isinstance(approval_id, str) or not approval_id.startswith(APPROVAL_ID_PREFIX):
             return ApprovalCheck(None, "approval_unverifiable")
-        record = self.lookup.get(_namespace_of(request), approval_id.removeprefix(APPROVAL_ID_PREFIX))
+        task_id = approval_id.removeprefix(APPROVAL_ID_PREFIX)
+        found = (self.lookup.get(namespace, task_id) for namespace in _namespaces_of(request))
+        record = next((r for r in found if r is not None), None)
         if record is None or not structurally_equal(approval, record.approval()):
             return ApprovalCheck(None, "approval_unverifiable")
         if record.execution not in ("none", "claimed"):

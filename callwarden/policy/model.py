@@ -305,6 +305,11 @@ class AccessRequestSpec(Spec):
     created_at: Timestamp
     expires_at: Timestamp = Field(description="When a pending request expires; approvals never outlive it.")
     submission: Submission | None = None
+    remote: dict[str, Any] | None = Field(
+        default=None,
+        description="When a remote PDP's ARS holds the request: its task (`taskId`, `statusEndpoint`); "
+        "the approval it grants is kept in status and placed unchanged at context.approval.",
+    )
 
 
 # --- Objects -----------------------------------------------------------------------------

@@ -34,6 +34,7 @@ _SPEC: Final = (
     ("created_at", "createdAt"),
     ("expires_at", "expiresAt"),
     ("submission", "submission"),
+    ("remote", "remote"),
 )
 _STATUS: Final = (
     ("state", "state"),
@@ -44,6 +45,7 @@ _STATUS: Final = (
     ("comment", "comment"),
     ("result", "result"),
     ("disposition", "disposition"),
+    ("remote_approval", "remoteApproval"),
 )
 
 
