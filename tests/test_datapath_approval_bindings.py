@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -18,8 +18,7 @@ from callwarden.extauthz.tasks import DISPOSITION_META
 from callwarden.policy import approval as ap
 from callwarden.policy.model import ToolPolicy
 from callwarden.stores.approvals import ApprovalRecords
-from callwarden.stores.sqlite import SqliteDocuments
-from tests.support.datapath import DataPath, jsonrpc, start_datapath
+from tests.support.datapath import DataPath, jsonrpc, running_approvals_datapath
 from tests.test_datapath_approvals import NAMESPACE, approve, call, get_task, transfer, transfers
 
 pytestmark = pytest.mark.integration
@@ -27,15 +26,13 @@ pytestmark = pytest.mark.integration
 Case = Callable[[DataPath, ApprovalRecords, str], dict[str, Any]]
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory) -> ApprovalRecords:
-    return ApprovalRecords(SqliteDocuments(tmp_path_factory.mktemp("store") / "approvals.db"))
+datapath = pytest.fixture(scope="module", name="datapath")(running_approvals_datapath)
 
 
 @pytest.fixture(scope="module")
-def datapath(tmp_path_factory: pytest.TempPathFactory, store: ApprovalRecords) -> Iterator[DataPath]:
-    with start_datapath(tmp_path_factory.mktemp("datapath"), approvals=store) as running:
-        yield running
+def store(datapath: DataPath) -> ApprovalRecords:
+    assert datapath.approvals is not None and isinstance(datapath.approvals.store, ApprovalRecords)
+    return datapath.approvals.store
 
 
 _amounts = iter(range(100_000, 200_000, 17))

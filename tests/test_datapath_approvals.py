@@ -10,7 +10,6 @@ an `isError` result and, after approval, its identical retry runs once.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -24,8 +23,7 @@ from callwarden.extauthz.tasks import (
 )
 from callwarden.policy import approval as ap
 from callwarden.stores.approvals import ApprovalRecords
-from callwarden.stores.sqlite import SqliteDocuments
-from tests.support.datapath import DataPath, jsonrpc, start_datapath
+from tests.support.datapath import DataPath, jsonrpc, running_approvals_datapath
 
 pytestmark = pytest.mark.integration
 
@@ -33,15 +31,13 @@ NAMESPACE = "board-packet"
 TASKS_META = {CLIENT_CAPABILITIES: {"extensions": {TASKS_EXTENSION: {}}}}
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory) -> ApprovalRecords:
-    return ApprovalRecords(SqliteDocuments(tmp_path_factory.mktemp("store") / "approvals.db"))
+datapath = pytest.fixture(scope="module", name="datapath")(running_approvals_datapath)
 
 
 @pytest.fixture(scope="module")
-def datapath(tmp_path_factory: pytest.TempPathFactory, store: ApprovalRecords) -> Iterator[DataPath]:
-    with start_datapath(tmp_path_factory.mktemp("datapath"), approvals=store) as running:
-        yield running
+def store(datapath: DataPath) -> ApprovalRecords:
+    assert datapath.approvals is not None and isinstance(datapath.approvals.store, ApprovalRecords)
+    return datapath.approvals.store
 
 
 def transfer(amount: int, *, to: str = "acct-991", tasks: bool = True, id: int = 1) -> bytes:

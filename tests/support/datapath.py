@@ -216,6 +216,17 @@ def start_datapath(
         yield DataPath(gateway, servers, bundle, audit_path, client, demo_issuers, config, desk, authority)
 
 
+def running_approvals_datapath(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DataPath]:
+    """A module's data path with the approval workflow on a fresh SQLite store
+    (`datapath.approvals.store`)."""
+    from callwarden.stores.approvals import ApprovalRecords
+    from callwarden.stores.sqlite import SqliteDocuments
+
+    store = ApprovalRecords(SqliteDocuments(tmp_path_factory.mktemp("store") / "approvals.db"))
+    with start_datapath(tmp_path_factory.mktemp("datapath"), approvals=store) as running:
+        yield running
+
+
 def running_datapath(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DataPath]:
     """Fixture body: a data path with the demo issuers, for every test of one module."""
     with start_datapath(tmp_path_factory.mktemp("datapath")) as running:
