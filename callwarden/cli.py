@@ -183,7 +183,9 @@ def _approval_desk(args: argparse.Namespace, kube: Any = None) -> ApprovalDesk |
             )
         from callwarden.stores.kube import KubeDocuments  # noqa: PLC0415
 
-        return approval_desk(ApprovalRecords(KubeDocuments(kube)), args.binding_key, args.approvals_issuer)
+        store = ApprovalRecords(KubeDocuments(kube))
+        home = args.namespace or "default"  # with --namespace, RBAC may allow that namespace only
+        return approval_desk(store, args.binding_key, args.approvals_issuer, home_namespace=home)
     except ValueError as error:
         raise InputError(str(error)) from error
 

@@ -88,6 +88,7 @@ class ApprovalDesk:
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
     # What the bundle's embedded PDPs must be compiled with, so approvals can lift their denials.
     authority: ap.ApprovalAuthority | None = None
+    home_namespace: str = "default"  # a namespace this replica may read records in (startup check)
     _events: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(max_workers=1, thread_name_prefix="approval-events"),
         repr=False,
@@ -370,7 +371,7 @@ class ApprovalDesk:
         """Ask the store once before serving: the first request to an API server pays for the
         connection and authentication (about a second), which must not land inside Envoy's
         check deadline; a store that cannot answer (no CRD, no RBAC) fails startup instead."""
-        self.store.for_subject("default", "callwarden-startup")
+        self.store.for_subject(self.home_namespace, "callwarden-startup")
 
 
 def _submit_remote(
@@ -412,13 +413,16 @@ def approval_desk(
     *,
     create_key: bool = False,
     settings: ApprovalSettings | None = None,
+    home_namespace: str = "default",
 ) -> ApprovalDesk:
     """The desk over `store`, with binding tokens signed by the ES256 key at `key_path` (generated
     there when `create_key` and missing: standalone use; in a cluster, a mounted Secret). callwarden
     is its own ARS, so its binding tokens are issued by and for `issuer`."""
     signer = JwsSigner(load_signing_key(key_path, create=create_key), issuer)
     authority = ap.BoundApprovals(store, signer, audience=issuer)
-    return ApprovalDesk(store, settings or ApprovalSettings(), authority=authority)
+    return ApprovalDesk(
+        store, settings or ApprovalSettings(), authority=authority, home_namespace=home_namespace
+    )
 
 
 class ApprovalCompletion:
