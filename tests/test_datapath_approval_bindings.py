@@ -7,6 +7,7 @@ each case makes its own held call, approves it, then does what the case says.
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -19,7 +20,7 @@ from callwarden.policy import approval as ap
 from callwarden.policy.model import ToolPolicy
 from callwarden.stores.approvals import ApprovalRecords
 from tests.support.datapath import DataPath, jsonrpc, running_approvals_datapath
-from tests.test_datapath_approvals import NAMESPACE, approve, call, get_task, transfer, transfers
+from tests.test_datapath_approvals import NAMESPACE, TASKS_META, approve, call, get_task, transfer, transfers
 
 pytestmark = pytest.mark.integration
 
@@ -213,3 +214,80 @@ def test_submissions_are_rate_limited_per_subject_with_a_non_requestable_denial(
     refused = call(datapath, transfer(next(_amounts)), token)["result"]
     assert refused["isError"] is True
     assert refused["_meta"]["io.modelcontextprotocol/authorization"]["remediation"] == "unavailable"
+
+
+def _call(arguments: Any, meta: Any = None, *, id: Any = 31) -> bytes:
+    params: dict[str, Any] = {"name": "transfer_funds", "arguments": arguments}
+    if meta is not None:
+        params["_meta"] = meta
+    return jsonrpc("tools/call", params, id=id)
+
+
+HOSTILE_CALLS: list[Any] = [
+    (
+        "capability-a-string",
+        _call({"to": "h1", "amount": 60_000}, {"io.modelcontextprotocol/clientCapabilities": "tasks"}),
+        "held",
+    ),
+    (
+        "tasks-a-list",
+        _call(
+            {"to": "h2", "amount": 60_000},
+            {
+                "io.modelcontextprotocol/clientCapabilities": {
+                    "extensions": {"io.modelcontextprotocol/tasks": []}
+                }
+            },
+        ),
+        "held",
+    ),
+    (
+        "extensions-null",
+        _call(
+            {"to": "h3", "amount": 60_000},
+            {"io.modelcontextprotocol/clientCapabilities": {"extensions": None}},
+        ),
+        "held",
+    ),
+    ("meta-a-list", _call({"to": "h4", "amount": 60_000}, ["tasks"]), "held"),
+    ("rtl-override-account", _call({"to": "acct\u202e199", "amount": 60_000}, TASKS_META), "task"),
+    ("amount-beyond-2^53", _call({"to": "h5", "amount": 2**60}), "denied"),
+    ("amount-a-string", _call({"to": "h6", "amount": "60000"}), "held"),  # CEL double() reads it
+    (
+        "positional-params",
+        json.dumps(
+            {"jsonrpc": "2.0", "id": 31, "method": "tools/call", "params": ["transfer_funds", {"to": "h7"}]}
+        ).encode(),
+        "denied",
+    ),
+    (
+        "in-a-batch",
+        b"[" + _call({"to": "h8", "amount": 60_000}) + b"," + jsonrpc("ping", id=32) + b"]",
+        "denied",
+    ),
+    (
+        "duplicate-keys",
+        b'{"jsonrpc":"2.0","id":31,"method":"tools/call","params":{"name":"transfer_funds","arguments":{"to":"h9","amount":1,"amount":60000}}}',
+        "rejected",
+    ),
+]
+
+
+@pytest.mark.parametrize("case", HOSTILE_CALLS, ids=[c[0] for c in HOSTILE_CALLS])
+def test_hostile_held_calls_never_run_and_never_crash(
+    datapath: DataPath, store: ApprovalRecords, case: Any
+) -> None:
+    _, body, expected = case
+    before, records = transfers(datapath), len(store.all())
+    response = datapath.post("finance", body, token=datapath.token("finance", sub=f"hostile-{case[0]}"))
+    assert response.status_code == 200
+    answer = response.json()
+    if expected == "task":
+        assert answer["result"]["status"] == "working"
+    elif expected == "held":  # capabilities that are not the extension's shape: the no-tasks answer
+        assert answer["result"]["isError"] is True and "reviewer" in answer["result"]["content"][0]["text"]
+    else:
+        first = answer[0] if isinstance(answer, list) else answer
+        assert first["error"]["code"] in (-32001, -32600, -32602, -32700)
+        assert len(store.all()) == records  # a plain denial opens no access request
+    assert transfers(datapath) == before

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from callwarden.demo.agent import ToolCall, run_agent
 from callwarden.extauthz.tasks import (
     AUTHORIZATION_META,
     CLIENT_CAPABILITIES,
@@ -139,3 +140,21 @@ def test_the_decision_log_records_each_held_call_with_its_access_request(datapat
     assert line["reasons"] == ["approval:requested"]
     assert line["approval"]["id"] == response.json()["result"]["taskId"]
     assert line["approval"]["state"] == "pending"
+
+
+def test_the_official_mcp_client_without_tasks_is_held_then_its_identical_retry_runs_once(
+    datapath: DataPath, store: ApprovalRecords
+) -> None:
+    before = transfers(datapath)
+    arguments = {"to": "acct-sdk", "amount": 95_000}
+    url, token, host = datapath.url, datapath.token("finance"), datapath.host("finance")
+    (held,) = run_agent(url, token, [ToolCall("transfer_funds", arguments)], host=host).calls()
+    assert held.tool_error is True
+    assert held.result_text is not None and "A reviewer must approve it" in held.result_text
+    assert transfers(datapath) == before
+    [record] = [r for r in store.all() if r.resource["id"] == "acct-sdk"]
+    approve(store, record.id)
+    (ran,) = run_agent(url, token, [ToolCall("transfer_funds", arguments)], host=host).calls()
+    assert (ran.status, ran.tool_error) == ("allowed", False)
+    assert ran.result_text is not None and "95000 EUR to acct-sdk completed" in ran.result_text
+    assert transfers(datapath) == before + 1
