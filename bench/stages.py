@@ -14,7 +14,7 @@ import json
 import os
 import sys
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -27,11 +27,13 @@ from command import run_command  # noqa: E402
 from envoy.service.auth.v3.external_auth_pb2 import CheckRequest  # noqa: E402
 from harness import EXAMPLE, cpu_us_per_call, write_config  # noqa: E402
 
-from callwarden.demo.issuers import start_issuers  # noqa: E402
+from callwarden.demo.dpop import DpopKey  # noqa: E402
+from callwarden.demo.issuers import RunningIssuers, start_issuers  # noqa: E402
 from callwarden.extauthz import metrics  # noqa: E402
 from callwarden.extauthz.approvals import approval_desk  # noqa: E402
 from callwarden.extauthz.audit import DecisionLog, new_decision_id  # noqa: E402
 from callwarden.extauthz.decide import DECISION_HEADER, EnforcementState, Enforcer  # noqa: E402
+from callwarden.extauthz.dpop import DpopRuntime, DpopVerifier  # noqa: E402
 from callwarden.extauthz.jsonrpc import parse_body  # noqa: E402
 from callwarden.extauthz.responses import allow_response  # noqa: E402
 from callwarden.extauthz.token import JwksStore, TokenValidator  # noqa: E402
@@ -39,6 +41,7 @@ from callwarden.policy.bundle import Bundle, compile_bundle  # noqa: E402
 from callwarden.policy.decide import decide  # noqa: E402
 from callwarden.policy.loader import load_config  # noqa: E402
 from callwarden.policy.mapping import AuthorizationRequests  # noqa: E402
+from callwarden.policy.model import Dpop  # noqa: E402
 from callwarden.stores.approvals import ApprovalRecords  # noqa: E402
 from callwarden.stores.sqlite import SqliteDocuments  # noqa: E402
 
@@ -97,8 +100,62 @@ def request_bodies() -> dict[str, bytes]:
     }
 
 
-def bundle_for(issuer_config: Path) -> Bundle:
-    return compile_bundle(load_config([issuer_config]))
+def bundle_for(issuer_config: Path, *, finance_dpop: Dpop | None = None) -> Bundle:
+    """The bench configuration; `finance_dpop` turns DPoP on for finance (as the example ships)."""
+    config = load_config([issuer_config])
+    if finance_dpop is not None:
+        finance = config.servers[FINANCE]
+        spec = finance.spec.model_copy(update={"dpop": finance_dpop})
+        config.servers[FINANCE] = finance.model_copy(update={"spec": spec})
+    return compile_bundle(config)
+
+
+FINANCE_URI = "http://finance.board.example/mcp"  # as check_request's headers address it
+
+
+def _signed_proofs(key: DpopKey, token: str, count: int) -> Iterator[str]:
+    """Fresh DPoP proofs signed ahead of time (each is good once: the replay cache sees to it),
+    so that only verifying one is measured."""
+    return iter([key.proof("POST", FINANCE_URI, token) for _ in range(count)])
+
+
+def dpop_costs(
+    issuers: RunningIssuers, config_dir: Path, jwks: JwksStore, us: Callable[..., float], calls: int
+) -> tuple[dict[str, float], dict[str, float]]:
+    """DPoP's per-request share: one proof check (ES256 signature, claims, replay cache), which
+    no cache can save, and the whole check with a proof. `calls` bounds how many proofs are used."""
+    key = DpopKey.generate()
+    token = issuers["finance"].mint(
+        "alice", FINANCE_AUDIENCE, "board-agent", roles=["analyst"], ttl=3600, extra={"cnf": {"jkt": key.jkt}}
+    )
+    required = Dpop(mode="required", algorithms=["ES256"])
+    bundle = bundle_for(config_dir, finance_dpop=required)
+    runtime = DpopRuntime.single_process()
+    verifier = DpopVerifier(FINANCE, required, runtime)
+    proofs = _signed_proofs(key, token, calls)
+    stage = us(
+        lambda: verifier.verify(next(proofs), method="POST", uri=FINANCE_URI, token=token, jkt=key.jkt),
+        scale=20,
+    )
+    body = request_bodies()["allowed"]
+    checks = iter([_dpop_check(body, token, proof) for proof in _signed_proofs(key, token, calls)])
+    with tempfile.TemporaryDirectory() as tmp:
+        decision_log = DecisionLog(path=str(Path(tmp) / "decisions.log"))
+        enforcer = Enforcer(EnforcementState.build(bundle, jwks, runtime), decision_log)
+        whole = us(lambda: enforcer.check(next(checks)), scale=20)
+        decision_log.close()
+    return (
+        {"DPoP proof check (ES256, per request: never cached)": stage},
+        {"Enforcer.check, allowed, cached token + DPoP proof": whole},
+    )
+
+
+def _dpop_check(body: bytes, token: str, proof: str) -> CheckRequest:
+    request = check_request(body, token)
+    headers = request.attributes.request.http.headers
+    headers["authorization"] = f"DPoP {token}"
+    headers["dpop"] = proof
+    return request
 
 
 def measure(smoke: bool) -> dict[str, Any]:
@@ -199,6 +256,11 @@ def measure(smoke: bool) -> dict[str, Any]:
             Path(tmp), issuers_config, jwks, check, us
         )
         decision_log.close()
+        dpop_stage, dpop_whole = dpop_costs(
+            issuers, Path(tmp) / "config", jwks, us, calls=max(50, loops // 20) * (repeats + 1) + 10
+        )
+        stages.update(dpop_stage)
+        whole.update(dpop_whole)
         jwks.close()
     return {
         "unit": "CPU µs per operation (all threads of the process), median of repeats",

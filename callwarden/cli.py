@@ -22,6 +22,7 @@ from callwarden.policy.remote import RemotePdpFactory
 
 if TYPE_CHECKING:  # grpc is imported only when serving
     from callwarden.extauthz.approvals import ApprovalDesk
+    from callwarden.extauthz.dpop import DpopRuntime
     from callwarden.extauthz.server import ServerTls
 
 # Exit codes of `callwarden check`, fixed so scripts and CI can rely on them.
@@ -126,7 +127,7 @@ def _wait_for_signal() -> None:
 
 def _remote_pdps() -> RemotePdpFactory:
     """The remote-PDP factory of a serving process, reporting to its Prometheus metrics."""
-    from callwarden.authzen.client import RemotePdps  # noqa: PLC0415 (httpx only when serving)
+    from callwarden.authzen.client import RemotePdps  # noqa: PLC0415 (httpx2 only when serving)
     from callwarden.extauthz.metrics import PdpMetrics  # noqa: PLC0415
 
     return RemotePdps(observer=PdpMetrics())
@@ -150,6 +151,7 @@ def _command_extauthz(args: argparse.Namespace) -> int:
         workers=args.workers,
         tls=_server_tls(args),
         http_authz_listen=args.http_authz_listen,
+        dpop=_dpop_runtime(args),
     ) as ext_authz:
         http_authz = ext_authz.http_authz
         also = f", HTTP ext_authz on port {http_authz.port}" if http_authz is not None else ""
@@ -206,6 +208,19 @@ def _add_approval_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _dpop_runtime(args: argparse.Namespace) -> DpopRuntime | None:
+    """The DPoP nonce keys every replica shares (a mounted Secret), or None: a random key of
+    this process alone (fine for one replica; with more, nonces only work on the one that issued them)."""
+    from callwarden.extauthz.dpop import DpopRuntime, NonceKeys, ReplayCache  # noqa: PLC0415 (serving only)
+
+    if not args.dpop_nonce_key_file:
+        return None
+    try:
+        return DpopRuntime(NonceKeys.from_file(args.dpop_nonce_key_file), ReplayCache())
+    except (OSError, ValueError) as error:
+        raise InputError(f"cannot load DPoP nonce keys from {args.dpop_nonce_key_file}: {error}") from error
+
+
 def _server_tls(args: argparse.Namespace) -> ServerTls | None:
     from callwarden.extauthz.server import ServerTls  # noqa: PLC0415 (grpc only when serving)
 
@@ -234,6 +249,7 @@ def _extauthz_from_kubernetes(args: argparse.Namespace) -> int:
         audit_path=args.audit_log,
         workers=args.workers,
         tls=_server_tls(args),
+        dpop=_dpop_runtime(args),
     ) as running:
         where = f"namespace {args.namespace}" if args.namespace else "all namespaces"
         revision, port = running.watcher.health().revision, running.ext_authz.server.port
@@ -263,6 +279,7 @@ def _command_operator(args: argparse.Namespace) -> int:
         retry_period=args.retry_period,
         resync_seconds=args.resync_seconds,
         liveness=args.liveness,
+        metrics_listen=args.metrics_listen,
         mesh=MeshOptions(
             mode=args.mesh, extauthz_service=args.extauthz_service, istio_provider=args.istio_provider
         ),
@@ -353,6 +370,11 @@ def _add_serving_arguments(extauthz: argparse.ArgumentParser) -> None:
         "--http-authz-listen",
         help="HOST:PORT: also serve Envoy's HTTP ext_authz (http_service) there, with the same decisions",
     )
+    extauthz.add_argument(
+        "--dpop-nonce-key-file",
+        help="DPoP nonce HMAC keys, one per line, signing with the first (mount the same Secret in every "
+        "replica; default: a random key of this process)",
+    )
 
 
 def _add_tls_arguments(extauthz: argparse.ArgumentParser) -> None:
@@ -377,6 +399,24 @@ def _add_mesh_arguments(operator: argparse.ArgumentParser) -> None:
         default="callwarden-ext-authz",
         help="Istio extensionProvider name that AuthorizationPolicies (action CUSTOM) refer to",
     )
+
+
+def _add_pdp_parser(commands: Any) -> None:
+    pdp = commands.add_parser(
+        "pdp",
+        help="serve the embedded PDP as an AuthZEN 1.0 Authorization API",
+        description="Serve every ToolPolicy of the configuration as one AuthZEN 1.0 PDP: evaluation, "
+        "evaluations, subject/resource/action search and /.well-known/authzen-configuration.",
+    )
+    pdp.add_argument("--config", action="append", required=True, help="YAML file or directory (repeatable)")
+    pdp.add_argument("--data", help="PIP data (JSON: subjects, resources, actions); PIP attributes win")
+    pdp.add_argument("--listen", default="127.0.0.1:8181", help="HOST:PORT (default 127.0.0.1:8181)")
+    pdp.add_argument("--base-url", help="the policy_decision_point to publish (default: from --listen)")
+    pdp.add_argument("--token-file", help="PEP bearer secrets, one per line; requests without one get 401")
+    _add_tls_arguments(pdp)
+    pdp.add_argument("--explain", action="store_true", help="name the deciding rules in decision contexts")
+    _add_approval_arguments(pdp)
+    pdp.set_defaults(handler=_command_pdp)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -431,6 +471,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--resync-seconds", type=float, default=60.0, help="reconcile every namespace this often (default 60)"
     )
     operator.add_argument("--liveness", help="kopf liveness endpoint, e.g. http://0.0.0.0:8080/healthz")
+    operator.add_argument("--metrics-listen", help="serve Prometheus metrics on HOST:PORT (default: off)")
     _add_mesh_arguments(operator)
     operator.set_defaults(handler=_command_operator)
 
@@ -451,21 +492,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     gateway.set_defaults(handler=_command_gateway)
 
-    pdp = commands.add_parser(
-        "pdp",
-        help="serve the embedded PDP as an AuthZEN 1.0 Authorization API",
-        description="Serve every ToolPolicy of the configuration as one AuthZEN 1.0 PDP: evaluation, "
-        "evaluations, subject/resource/action search and /.well-known/authzen-configuration.",
-    )
-    pdp.add_argument("--config", action="append", required=True, help="YAML file or directory (repeatable)")
-    pdp.add_argument("--data", help="PIP data (JSON: subjects, resources, actions); PIP attributes win")
-    pdp.add_argument("--listen", default="127.0.0.1:8181", help="HOST:PORT (default 127.0.0.1:8181)")
-    pdp.add_argument("--base-url", help="the policy_decision_point to publish (default: from --listen)")
-    pdp.add_argument("--token-file", help="PEP bearer secrets, one per line; requests without one get 401")
-    _add_tls_arguments(pdp)
-    pdp.add_argument("--explain", action="store_true", help="name the deciding rules in decision contexts")
-    _add_approval_arguments(pdp)
-    pdp.set_defaults(handler=_command_pdp)
+    _add_pdp_parser(commands)
 
     demo = commands.add_parser(
         "demo", help="run the board-packet scenario through real Envoy and MCP servers"

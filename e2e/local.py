@@ -26,7 +26,7 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import IO, Any, Final
 
-import httpx
+import httpx2
 import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
@@ -90,9 +90,9 @@ def wait_ready(url: str, child: subprocess.Popen[bytes], log_path: Path, timeout
         if child.poll() is not None:
             raise RuntimeError(f"{child.args!r} exited {child.returncode}:\n{log_path.read_text()[-3000:]}")
         try:
-            if httpx.get(url, timeout=2, trust_env=False).status_code == 200:
+            if httpx2.get(url, timeout=2, trust_env=False).status_code == 200:
                 return
-        except httpx.TransportError:
+        except httpx2.TransportError:
             pass
         time.sleep(0.2)
     raise TimeoutError(f"{url} not ready after {timeout:.0f}s:\n{log_path.read_text()[-3000:]}")

@@ -32,7 +32,7 @@ from kubernetes.client.exceptions import ApiException
 
 from callwarden.demo.agent import ToolCall, run_agent
 from callwarden.demo.issuers import RunningIssuers
-from callwarden.demo.run import SCENARIO, Session
+from callwarden.demo.run import SCENARIO, Session, agent_credentials
 from callwarden.demo.servers import RunningServers
 from callwarden.kube.client import REQUEST_TIMEOUT, Kube
 from callwarden.policy.loader import load_config
@@ -183,14 +183,16 @@ def call(
     """The statuses of `session`'s calls, made by the agent through Envoy."""
     server = next(o for o in objects if o["kind"] == "McpServer" and o["metadata"]["name"] == session.server)
     route = server["spec"]["route"]
-    token = None
-    if session.credential != "none":
-        ttl = -120 if session.credential == "expired" else 300
-        token = fixtures.issuers[session.server].mint(
-            session.sub, server["spec"]["resource"], session.client_id, roles=session.roles, ttl=ttl
-        )
+    dpop_mode = server["spec"].get("dpop", {}).get("mode", "disabled")
+    token, key = agent_credentials(
+        session, server["spec"]["resource"], dpop_mode, fixtures.issuers[session.server]
+    )
     run = run_agent(
-        gateway.url + route["pathPrefix"], token, [c for c, _ in session.calls], host=route["hosts"][0]
+        gateway.url + route["pathPrefix"],
+        token,
+        [c for c, _ in session.calls],
+        host=route["hosts"][0],
+        dpop=key,
     )
     outcomes = run.calls() or tuple(o for o in run.outcomes if o.status != "allowed")[:1]
     return [o.status for o in outcomes]

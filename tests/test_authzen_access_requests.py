@@ -17,7 +17,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import httpx
+import httpx2
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -57,7 +57,7 @@ def signer(tmp_path_factory: pytest.TempPathFactory) -> JwsSigner:
 
 
 @pytest.fixture(scope="module")
-def client(store: ApprovalRecords, signer: JwsSigner) -> Iterator[httpx.Client]:
+def client(store: ApprovalRecords, signer: JwsSigner) -> Iterator[httpx2.Client]:
     authority = ap.BoundApprovals(store, signer, audience=ISSUER)
     pdp = compile_pdp(
         [policy(rule("managers-approve-reads", "RequireApproval", tools=["can_read"]))], approvals=authority
@@ -65,12 +65,12 @@ def client(store: ApprovalRecords, signer: JwsSigner) -> Iterator[httpx.Client]:
     access = AccessRequestServer(store, signer, audience=ISSUER)
     with (
         start_pdp(pdp, listen="127.0.0.1:0", access=access) as running,
-        httpx.Client(base_url=running.base_url, timeout=10) as http,
+        httpx2.Client(base_url=running.base_url, timeout=10) as http,
     ):
         yield http
 
 
-def denial_of(client: httpx.Client, request: dict[str, Any] = INITIAL) -> dict[str, Any]:
+def denial_of(client: httpx2.Client, request: dict[str, Any] = INITIAL) -> dict[str, Any]:
     answer = client.post("/access/v1/evaluation", json=request).json()
     assert answer["decision"] is False
     context: dict[str, Any] = answer["context"]
@@ -92,7 +92,7 @@ def submission(denial: dict[str, Any], **changes: Any) -> dict[str, Any]:
     return body
 
 
-def submit(client: httpx.Client, body: dict[str, Any], key: str | None = None) -> httpx.Response:
+def submit(client: httpx2.Client, body: dict[str, Any], key: str | None = None) -> httpx2.Response:
     headers = {"Idempotency-Key": key} if key is not None else {}
     return client.post("/access/v1/requests", json=body, headers=headers)
 
@@ -107,7 +107,7 @@ def approve(store: ApprovalRecords, task_id: str) -> None:
 # --- the flow of the vectors -------------------------------------------------------------------
 
 
-def test_metadata_publishes_the_access_request_endpoint_jwks_and_capability(client: httpx.Client) -> None:
+def test_metadata_publishes_the_access_request_endpoint_jwks_and_capability(client: httpx2.Client) -> None:
     metadata = client.get("/.well-known/authzen-configuration").json()
     expected = vector("01-discovery.json")
     assert set(expected) <= set(metadata)
@@ -116,7 +116,7 @@ def test_metadata_publishes_the_access_request_endpoint_jwks_and_capability(clie
 
 
 def test_a_requestable_denial_has_the_profile_s_shape_and_a_verifiable_binding_token(
-    client: httpx.Client,
+    client: httpx2.Client,
 ) -> None:
     context = denial_of(client)
     assert set(context) == {"evaluation_id", "evaluated_at", "reason", "access_request"}
@@ -132,7 +132,7 @@ def test_a_requestable_denial_has_the_profile_s_shape_and_a_verifiable_binding_t
 
 
 def test_submit_poll_approve_and_reevaluate_as_in_the_profile(
-    client: httpx.Client, store: ApprovalRecords
+    client: httpx2.Client, store: ApprovalRecords
 ) -> None:
     submitted = submit(client, submission(denial_of(client)), "7b8d0f0d-65a1-4af1-9fd3-a684f08a5d13")
     assert submitted.status_code == 202
@@ -170,7 +170,7 @@ def test_submit_poll_approve_and_reevaluate_as_in_the_profile(
     ],
 )
 def test_an_approval_permits_only_the_exact_request_it_was_given_for(
-    client: httpx.Client, store: ApprovalRecords, change: Any
+    client: httpx2.Client, store: ApprovalRecords, change: Any
 ) -> None:
     task = submit(client, submission(denial_of(client))).json()["task"]
     approve(store, task["id"])
@@ -181,7 +181,7 @@ def test_an_approval_permits_only_the_exact_request_it_was_given_for(
     assert client.post("/access/v1/evaluation", json=again).json()["decision"] is False
 
 
-def test_cancel_a_pending_task_then_cancelling_again_is_invalid_task_state(client: httpx.Client) -> None:
+def test_cancel_a_pending_task_then_cancelling_again_is_invalid_task_state(client: httpx2.Client) -> None:
     task = submit(client, submission(denial_of(client))).json()["task"]
     cancelled = client.post(task["links"]["cancel"])
     assert (cancelled.status_code, cancelled.json()["task"]["status"]) == (200, "cancelled")
@@ -190,7 +190,7 @@ def test_cancel_a_pending_task_then_cancelling_again_is_invalid_task_state(clien
     assert again.json()["type"] == "urn:openid:authzen:access-request:error:invalid_task_state"
 
 
-def test_the_same_idempotency_key_and_body_answer_the_same_task(client: httpx.Client) -> None:
+def test_the_same_idempotency_key_and_body_answer_the_same_task(client: httpx2.Client) -> None:
     body = submission(denial_of(client))
     first = submit(client, body, "key-1").json()["task"]["id"]
     assert submit(client, body, "key-1").json()["task"]["id"] == first
@@ -256,7 +256,7 @@ HOSTILE: list[Any] = [
 
 @pytest.mark.parametrize("case", HOSTILE, ids=[h[0] for h in HOSTILE])
 def test_hostile_submissions_are_refused_with_a_specific_problem(
-    client: httpx.Client, store: ApprovalRecords, case: Any
+    client: httpx2.Client, store: ApprovalRecords, case: Any
 ) -> None:
     _, change, status, kind = case
     denial = denial_of(client)
@@ -275,7 +275,7 @@ def test_hostile_submissions_are_refused_with_a_specific_problem(
 
 
 def test_a_replayed_binding_token_opens_no_second_request(
-    client: httpx.Client, store: ApprovalRecords
+    client: httpx2.Client, store: ApprovalRecords
 ) -> None:
     body = submission(denial_of(client))
     assert submit(client, body, "first").status_code == 202
@@ -288,7 +288,7 @@ def test_a_replayed_binding_token_opens_no_second_request(
     assert len(store.all()) == before
 
 
-def test_one_idempotency_key_with_another_body_is_a_duplicate_request(client: httpx.Client) -> None:
+def test_one_idempotency_key_with_another_body_is_a_duplicate_request(client: httpx2.Client) -> None:
     assert submit(client, submission(denial_of(client)), "dup").status_code == 202
     other = submit(client, submission(denial_of(client)), "dup")
     assert (other.status_code, other.json()["type"]) == (
@@ -302,7 +302,7 @@ def test_one_idempotency_key_with_another_body_is_a_duplicate_request(client: ht
     [b"{", b'{"a":1,"a":2}', b"[]", b'"x"', b"\xff\xfe", b'{"denial":' * 80 + b"1" + b"}" * 80],
     ids=["truncated", "duplicate-keys", "array", "string", "not-utf8", "too-deep"],
 )
-def test_malformed_bodies_are_plain_400_problems(client: httpx.Client, raw: bytes) -> None:
+def test_malformed_bodies_are_plain_400_problems(client: httpx2.Client, raw: bytes) -> None:
     response = client.post("/access/v1/requests", content=raw, headers={"content-type": "application/json"})
     assert response.status_code == 400
     assert response.json()["type"] == "about:blank"
@@ -313,7 +313,7 @@ def test_malformed_bodies_are_plain_400_problems(client: httpx.Client, raw: byte
     ["/access/v1/requests/ar-" + "0" * 32, "/access/v1/requests/ar-" + "0" * 32 + "/cancel"],
     ids=["status", "cancel"],
 )
-def test_an_unknown_task_is_404_unknown_task(client: httpx.Client, path: str) -> None:
+def test_an_unknown_task_is_404_unknown_task(client: httpx2.Client, path: str) -> None:
     response = client.get(path) if not path.endswith("cancel") else client.post(path)
     assert (response.status_code, response.json()["type"]) == (
         404,
@@ -329,5 +329,5 @@ def test_an_unknown_task_is_404_unknown_task(client: httpx.Client, path: str) ->
         "/access/v1/requests/ar-%30",
     ],
 )
-def test_task_paths_outside_the_id_alphabet_are_not_found(client: httpx.Client, path: str) -> None:
+def test_task_paths_outside_the_id_alphabet_are_not_found(client: httpx2.Client, path: str) -> None:
     assert client.get(path).status_code == 404

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
+import httpx2
 import pytest
 
 from callwarden.authzen.api import ApiOptions, AuthzenApi, Response, start_pdp
@@ -41,17 +41,17 @@ def reader_pdp() -> EmbeddedPdp:
 
 
 @pytest.fixture(scope="module")
-def client() -> Iterator[httpx.Client]:
+def client() -> Iterator[httpx2.Client]:
     options = ApiOptions(max_body_bytes=4096)
     with (
         start_pdp(reader_pdp(), listen="127.0.0.1:0", options=options) as running,
-        httpx.Client(base_url=running.base_url, timeout=10) as http,
+        httpx2.Client(base_url=running.base_url, timeout=10) as http,
     ):
         yield http
 
 
-def raw_exchange(client: httpx.Client, request: bytes) -> bytes:
-    """Send bytes as they are (what httpx would refuse to send) and read the whole answer."""
+def raw_exchange(client: httpx2.Client, request: bytes) -> bytes:
+    """Send bytes as they are (what httpx2 would refuse to send) and read the whole answer."""
     url = client.base_url
     with socket.create_connection((url.host, url.port), timeout=10) as connection:
         connection.sendall(request)
@@ -70,18 +70,18 @@ def status_and_headers(answer: bytes) -> tuple[int, dict[str, str]]:
 # --- Decisions and status codes ----------------------------------------------------------------------
 
 
-def test_a_deny_is_200_with_decision_false(client: httpx.Client) -> None:
+def test_a_deny_is_200_with_decision_false(client: httpx2.Client) -> None:
     body = {**READ, "subject": {"type": "user", "id": "mallory"}}
     response = client.post("/access/v1/evaluation", json=body)
     assert (response.status_code, response.json()) == (200, {"decision": False})
 
 
-def test_pip_attributes_beat_the_request_properties(client: httpx.Client) -> None:
+def test_pip_attributes_beat_the_request_properties(client: httpx2.Client) -> None:
     body = {**READ, "subject": {"type": "user", "id": "alice", "properties": {"role": "nobody"}}}
     assert client.post("/access/v1/evaluation", json=body).json() == {"decision": True}
 
 
-def test_an_error_body_is_a_plain_text_message(client: httpx.Client) -> None:
+def test_an_error_body_is_a_plain_text_message(client: httpx2.Client) -> None:
     response = client.post("/access/v1/evaluation", json={"subject": READ["subject"]})
     assert response.status_code == 400
     assert response.headers["content-type"] == "text/plain; charset=utf-8"
@@ -102,7 +102,7 @@ def test_an_error_body_is_a_plain_text_message(client: httpx.Client) -> None:
         pytest.param(b"[" * 65 + b"]" * 65, "too-deep", id="too-deep"),
     ],
 )
-def test_a_body_that_is_not_strict_json_is_400(client: httpx.Client, raw: bytes, reason: str) -> None:
+def test_a_body_that_is_not_strict_json_is_400(client: httpx2.Client, raw: bytes, reason: str) -> None:
     response = client.post("/access/v1/evaluation", content=raw, headers=JSON_HEADERS)
     assert response.status_code == 400
     assert f"({reason})" in response.text
@@ -111,7 +111,7 @@ def test_a_body_that_is_not_strict_json_is_400(client: httpx.Client, raw: bytes,
 @pytest.mark.parametrize(
     "body", [[READ], "read", 1, None, True], ids=["array", "string", "number", "null", "bool"]
 )
-def test_a_top_level_value_other_than_an_object_is_400(client: httpx.Client, body: Any) -> None:
+def test_a_top_level_value_other_than_an_object_is_400(client: httpx2.Client, body: Any) -> None:
     assert (
         client.post("/access/v1/evaluation", content=json.dumps(body), headers=JSON_HEADERS).status_code
         == 400
@@ -122,24 +122,24 @@ def test_a_top_level_value_other_than_an_object_is_400(client: httpx.Client, bod
     "content_type",
     ["application/json; charset=utf-8", "Application/JSON", 'application/json;charset="UTF-8"'],
 )
-def test_json_content_type_variants_are_accepted(client: httpx.Client, content_type: str) -> None:
+def test_json_content_type_variants_are_accepted(client: httpx2.Client, content_type: str) -> None:
     response = client.post(
         "/access/v1/evaluation", content=json.dumps(READ), headers={"Content-Type": content_type}
     )
     assert response.status_code == 200
 
 
-def test_a_json_content_type_with_another_charset_is_400(client: httpx.Client) -> None:
+def test_a_json_content_type_with_another_charset_is_400(client: httpx2.Client) -> None:
     headers = {"Content-Type": "application/json; charset=utf-16"}
     assert client.post("/access/v1/evaluation", content=json.dumps(READ), headers=headers).status_code == 400
 
 
-def test_a_body_over_the_limit_is_413_and_the_connection_closes(client: httpx.Client) -> None:
+def test_a_body_over_the_limit_is_413_and_the_connection_closes(client: httpx2.Client) -> None:
     response = client.post("/access/v1/evaluation", content=b" " * 4097, headers=JSON_HEADERS)
     assert (response.status_code, response.headers["connection"]) == (413, "close")
 
 
-def test_a_chunked_body_is_411(client: httpx.Client) -> None:
+def test_a_chunked_body_is_411(client: httpx2.Client) -> None:
     request = (
         b"POST /access/v1/evaluation HTTP/1.1\r\nHost: pdp\r\nContent-Type: application/json\r\n"
         b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n2\r\n{}\r\n0\r\n\r\n"
@@ -148,7 +148,7 @@ def test_a_chunked_body_is_411(client: httpx.Client) -> None:
 
 
 @pytest.mark.parametrize("length", [b"-1", b"1e3", b"0x10", b"\xd9\xa3"], ids=repr)
-def test_a_content_length_that_is_not_a_decimal_number_is_400(client: httpx.Client, length: bytes) -> None:
+def test_a_content_length_that_is_not_a_decimal_number_is_400(client: httpx2.Client, length: bytes) -> None:
     request = (
         b"POST /access/v1/evaluation HTTP/1.1\r\nHost: pdp\r\nContent-Type: application/json\r\n"
         b"Content-Length: " + length + b"\r\nConnection: close\r\n\r\n"
@@ -156,7 +156,7 @@ def test_a_content_length_that_is_not_a_decimal_number_is_400(client: httpx.Clie
     assert status_and_headers(raw_exchange(client, request))[0] == 400
 
 
-def test_two_content_lengths_are_400(client: httpx.Client) -> None:
+def test_two_content_lengths_are_400(client: httpx2.Client) -> None:
     request = (
         b"POST /access/v1/evaluation HTTP/1.1\r\nHost: pdp\r\nContent-Type: application/json\r\n"
         b"Content-Length: 2\r\nContent-Length: 3\r\nConnection: close\r\n\r\n{}"
@@ -164,27 +164,27 @@ def test_two_content_lengths_are_400(client: httpx.Client) -> None:
     assert status_and_headers(raw_exchange(client, request))[0] == 400
 
 
-def test_an_unknown_path_is_404(client: httpx.Client) -> None:
+def test_an_unknown_path_is_404(client: httpx2.Client) -> None:
     assert client.post("/access/v2/evaluation", json=READ).status_code == 404
 
 
 @pytest.mark.parametrize("method", ["GET", "PUT", "DELETE", "PATCH", "OPTIONS"])
-def test_another_method_on_an_endpoint_is_405_naming_post(client: httpx.Client, method: str) -> None:
+def test_another_method_on_an_endpoint_is_405_naming_post(client: httpx2.Client, method: str) -> None:
     response = client.request(method, "/access/v1/evaluation")
     assert (response.status_code, response.headers["allow"]) == (405, "POST")
 
 
-def test_posting_to_the_metadata_is_405(client: httpx.Client) -> None:
+def test_posting_to_the_metadata_is_405(client: httpx2.Client) -> None:
     assert client.post("/.well-known/authzen-configuration", json={}).status_code == 405
 
 
-def test_head_of_the_metadata_has_its_headers_and_no_body(client: httpx.Client) -> None:
+def test_head_of_the_metadata_has_its_headers_and_no_body(client: httpx2.Client) -> None:
     response = client.head("/.well-known/authzen-configuration")
     assert (response.status_code, response.content) == (200, b"")
     assert int(response.headers["content-length"]) > 0
 
 
-def test_the_connection_serves_the_next_request_after_an_error(client: httpx.Client) -> None:
+def test_the_connection_serves_the_next_request_after_an_error(client: httpx2.Client) -> None:
     request = (
         b"POST /access/v1/evaluation HTTP/1.1\r\nHost: pdp\r\nContent-Type: application/json\r\n"
         b"Content-Length: 2\r\n\r\n[]"
@@ -202,7 +202,7 @@ def test_the_connection_serves_the_next_request_after_an_error(client: httpx.Cli
 def test_decisions_carry_no_context_unless_explaining() -> None:
     options = ApiOptions(explain=True)
     with start_pdp(reader_pdp(), listen="127.0.0.1:0", options=options) as running:
-        answer = httpx.post(f"{running.base_url}/access/v1/evaluation", json=READ).json()
+        answer = httpx2.post(f"{running.base_url}/access/v1/evaluation", json=READ).json()
     assert answer == {
         "decision": True,
         "context": {
@@ -212,7 +212,7 @@ def test_decisions_carry_no_context_unless_explaining() -> None:
     }
 
 
-def test_a_boxcar_item_error_keeps_its_context_without_explain(client: httpx.Client) -> None:
+def test_a_boxcar_item_error_keeps_its_context_without_explain(client: httpx2.Client) -> None:
     body = {**READ, "evaluations": [{}, {"resource": {"type": "doc"}}]}
     answer = client.post("/access/v1/evaluations", json=body).json()
     assert answer["evaluations"][0] == {"decision": True}
@@ -227,7 +227,7 @@ def test_a_boxcar_item_error_keeps_its_context_without_explain(client: httpx.Cli
         ("permit_on_first_permit", [True]),
     ],
 )
-def test_every_evaluations_semantic(client: httpx.Client, semantic: str, decisions: list[bool]) -> None:
+def test_every_evaluations_semantic(client: httpx2.Client, semantic: str, decisions: list[bool]) -> None:
     body = {
         "action": {"name": "read"},
         "resource": READ["resource"],
@@ -238,7 +238,7 @@ def test_every_evaluations_semantic(client: httpx.Client, semantic: str, decisio
     assert [item["decision"] for item in answer["evaluations"]] == decisions
 
 
-def test_an_unknown_evaluations_semantic_is_400(client: httpx.Client) -> None:
+def test_an_unknown_evaluations_semantic_is_400(client: httpx2.Client) -> None:
     body = {**READ, "options": {"evaluations_semantic": "first_applicable"}, "evaluations": [{}]}
     assert client.post("/access/v1/evaluations", json=body).status_code == 400
 
@@ -258,27 +258,27 @@ def test_an_unknown_evaluations_semantic_is_400(client: httpx.Client) -> None:
     ids=["200", "400", "404", "405", "metadata"],
 )
 def test_x_request_id_is_echoed_on_every_answer(
-    client: httpx.Client, method: str, path: str, body: Any, status: int
+    client: httpx2.Client, method: str, path: str, body: Any, status: int
 ) -> None:
     headers = {"X-Request-ID": "req 42/abc-id"}
     response = client.request(method, path, json=body, headers=headers)
     assert (response.status_code, response.headers["x-request-id"]) == (status, headers["X-Request-ID"])
 
 
-def test_x_request_id_is_echoed_on_413(client: httpx.Client) -> None:
+def test_x_request_id_is_echoed_on_413(client: httpx2.Client) -> None:
     response = client.post(
         "/access/v1/evaluation", content=b" " * 5000, headers={**JSON_HEADERS, "X-Request-ID": "big"}
     )
     assert response.headers["x-request-id"] == "big"
 
 
-def test_x_request_id_is_echoed_on_the_servers_own_501(client: httpx.Client) -> None:
+def test_x_request_id_is_echoed_on_the_servers_own_501(client: httpx2.Client) -> None:
     request = b"BREW /access/v1/evaluation HTTP/1.1\r\nHost: pdp\r\nX-Request-ID: teapot\r\n\r\n"
     status, headers = status_and_headers(raw_exchange(client, request))
     assert (status, headers["x-request-id"]) == (501, "teapot")
 
 
-def test_a_folded_x_request_id_is_never_echoed_into_the_response_head(client: httpx.Client) -> None:
+def test_a_folded_x_request_id_is_never_echoed_into_the_response_head(client: httpx2.Client) -> None:
     request = (
         b"GET /.well-known/authzen-configuration HTTP/1.1\r\nHost: pdp\r\n"
         b"X-Request-ID: a\r\n Set-Cookie: injected=1\r\nConnection: close\r\n\r\n"
@@ -293,16 +293,16 @@ def test_a_folded_x_request_id_is_never_echoed_into_the_response_head(client: ht
 
 
 @pytest.fixture(scope="module")
-def guarded() -> Iterator[httpx.Client]:
+def guarded() -> Iterator[httpx2.Client]:
     options = ApiOptions(bearer_tokens=("another-secret", SECRET))
     with (
         start_pdp(reader_pdp(), listen="127.0.0.1:0", options=options) as running,
-        httpx.Client(base_url=running.base_url, timeout=10) as http,
+        httpx2.Client(base_url=running.base_url, timeout=10) as http,
     ):
         yield http
 
 
-def test_a_request_without_credentials_is_401_with_a_bearer_challenge(guarded: httpx.Client) -> None:
+def test_a_request_without_credentials_is_401_with_a_bearer_challenge(guarded: httpx2.Client) -> None:
     response = guarded.post("/access/v1/evaluation", json=READ)
     assert (response.status_code, response.headers["www-authenticate"]) == (401, 'Bearer realm="authzen"')
 
@@ -311,21 +311,21 @@ def test_a_request_without_credentials_is_401_with_a_bearer_challenge(guarded: h
     "authorization",
     ["Bearer wrong", f"Basic {SECRET}", f"Bearer {SECRET}x", f"Bearer  {SECRET[:-1]}", "Bearer"],
 )
-def test_a_wrong_credential_is_401_invalid_token(guarded: httpx.Client, authorization: str) -> None:
+def test_a_wrong_credential_is_401_invalid_token(guarded: httpx2.Client, authorization: str) -> None:
     response = guarded.post("/access/v1/evaluation", json=READ, headers={"Authorization": authorization})
     assert response.status_code == 401
     assert 'error="invalid_token"' in response.headers["www-authenticate"]
 
 
 @pytest.mark.parametrize("scheme", ["Bearer", "bearer", "BEARER"])
-def test_any_configured_secret_is_accepted(guarded: httpx.Client, scheme: str) -> None:
+def test_any_configured_secret_is_accepted(guarded: httpx2.Client, scheme: str) -> None:
     response = guarded.post(
         "/access/v1/evaluation", json=READ, headers={"Authorization": f"{scheme} {SECRET}"}
     )
     assert response.json() == {"decision": True}
 
 
-def test_the_metadata_needs_no_credentials(guarded: httpx.Client) -> None:
+def test_the_metadata_needs_no_credentials(guarded: httpx2.Client) -> None:
     assert guarded.get("/.well-known/authzen-configuration").status_code == 200
 
 
@@ -359,10 +359,10 @@ def test_discovery_over_https_publishes_https_endpoints(tmp_path: Path) -> None:
     server_tls.load_cert_chain(cert, key)
     client_tls = ssl.create_default_context(cafile=str(cert))
     with start_pdp(reader_pdp(), listen="127.0.0.1:0", ssl_context=server_tls) as running:
-        metadata = httpx.get(
+        metadata = httpx2.get(
             f"{running.base_url}/.well-known/authzen-configuration", verify=client_tls
         ).json()
-        decision = httpx.post(metadata["access_evaluation_endpoint"], json=READ, verify=client_tls).json()
+        decision = httpx2.post(metadata["access_evaluation_endpoint"], json=READ, verify=client_tls).json()
     assert metadata["policy_decision_point"] == running.base_url
     assert all(url.startswith("https://") for name, url in metadata.items() if name != "capabilities")
     assert decision == {"decision": True}

@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import httpx
+import httpx2
 import pytest
 
 from callwarden.cli import main
@@ -47,7 +47,7 @@ def test_the_pdp_command_serves_the_configuration_until_sigterm(tmp_path: Path) 
             "resource": {"type": "record", "id": "record-1"},
         }
         headers = {"Authorization": "Bearer pep-secret"}
-        answer = httpx.post(f"{found.group(1)}/access/v1/evaluation", json=body, headers=headers, timeout=10)
+        answer = httpx2.post(f"{found.group(1)}/access/v1/evaluation", json=body, headers=headers, timeout=10)
         assert answer.json() == {"decision": True}
     finally:
         process.send_signal(signal.SIGTERM)

@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import httpx
+import httpx2
 import pytest
 
 from callwarden.authzen.api import ApiOptions, start_pdp
@@ -37,18 +37,18 @@ JSON_HEADERS = {"Content-Type": "application/json"}
 
 
 @contextmanager
-def served(scenario: str, options: ApiOptions | None = None) -> Iterator[httpx.Client]:
+def served(scenario: str, options: ApiOptions | None = None) -> Iterator[httpx2.Client]:
     """The scenario's fixture served on a free loopback port, and a client for it."""
     fixture = EXAMPLES / scenario
     pdp, _ = load_pdp([str(fixture)], str(fixture / "data.json"))
     with (
         start_pdp(pdp, listen="127.0.0.1:0", options=options) as running,
-        httpx.Client(base_url=running.base_url, timeout=10) as client,
+        httpx2.Client(base_url=running.base_url, timeout=10) as client,
     ):
         yield client
 
 
-def post(client: httpx.Client, endpoint: str, body: Any) -> httpx.Response:
+def post(client: httpx2.Client, endpoint: str, body: Any) -> httpx2.Response:
     return client.post(f"/access/v1/{endpoint}", content=json.dumps(body), headers=JSON_HEADERS)
 
 
@@ -81,12 +81,12 @@ def case_id(case: dict[str, Any]) -> str:
 
 
 @pytest.fixture(scope="module")
-def certification() -> Iterator[httpx.Client]:
+def certification() -> Iterator[httpx2.Client]:
     with served("certification") as client:
         yield client
 
 
-def check_case(case: dict[str, Any], response: httpx.Response) -> None:
+def check_case(case: dict[str, Any], response: httpx2.Response) -> None:
     expected = case["expected"]
     assert response.status_code == expected["http_status"], response.text
     if case["match"] == "status":
@@ -114,7 +114,7 @@ def check_case(case: dict[str, Any], response: httpx.Response) -> None:
 
 
 @pytest.mark.parametrize("case", CERTIFICATION["cases"], ids=[case["id"] for case in CERTIFICATION["cases"]])
-def test_certification_case(certification: httpx.Client, case: dict[str, Any]) -> None:
+def test_certification_case(certification: httpx2.Client, case: dict[str, Any]) -> None:
     check_case(case, post(certification, case["endpoint"], case["request"]))
 
 
@@ -167,7 +167,7 @@ ALICE_READS_RECORD_1 = {
     "content_type", ["text/plain", "application/x-www-form-urlencoded", "application/jsonx", None], ids=str
 )
 def test_c_2_4_3_a_content_type_other_than_json_is_400(
-    certification: httpx.Client, content_type: str | None
+    certification: httpx2.Client, content_type: str | None
 ) -> None:
     headers = {} if content_type is None else {"Content-Type": content_type}
     response = certification.post(
@@ -177,18 +177,18 @@ def test_c_2_4_3_a_content_type_other_than_json_is_400(
 
 
 @pytest.mark.parametrize("raw", [b"{", b'{"subject": }', b"not json", b"[1, 2"], ids=repr)
-def test_c_2_4_4_malformed_json_is_400(certification: httpx.Client, raw: bytes) -> None:
+def test_c_2_4_4_malformed_json_is_400(certification: httpx2.Client, raw: bytes) -> None:
     assert certification.post("/access/v1/evaluation", content=raw, headers=JSON_HEADERS).status_code == 400
 
 
-def test_c_2_4_5_an_empty_body_is_400(certification: httpx.Client) -> None:
+def test_c_2_4_5_an_empty_body_is_400(certification: httpx2.Client) -> None:
     assert certification.post("/access/v1/evaluation", content=b"", headers=JSON_HEADERS).status_code == 400
 
 
 @pytest.mark.parametrize(
     "endpoint", ["evaluation", "evaluations", "search/subject", "search/resource", "search/action"]
 )
-def test_c_2_5_1_x_request_id_is_echoed(certification: httpx.Client, endpoint: str) -> None:
+def test_c_2_5_1_x_request_id_is_echoed(certification: httpx2.Client, endpoint: str) -> None:
     headers = {**JSON_HEADERS, "X-Request-ID": "bfe9eb29-ab87-4ca3-be83-a1d5d8305716"}
     response = certification.post(
         f"/access/v1/{endpoint}", content=json.dumps(ALICE_READS_RECORD_1), headers=headers
@@ -197,19 +197,19 @@ def test_c_2_5_1_x_request_id_is_echoed(certification: httpx.Client, endpoint: s
 
 
 def test_c_2_5_2_without_x_request_id_the_pdp_answers_with_one_of_its_own(
-    certification: httpx.Client,
+    certification: httpx2.Client,
 ) -> None:
     response = post(certification, "evaluation", ALICE_READS_RECORD_1)
     assert response.status_code == 200
     assert response.headers["x-request-id"]
 
 
-def test_c_2_6_the_same_request_gets_the_same_decision(certification: httpx.Client) -> None:
+def test_c_2_6_the_same_request_gets_the_same_decision(certification: httpx2.Client) -> None:
     answers = {post(certification, "evaluation", ALICE_READS_RECORD_1).text for _ in range(5)}
     assert answers == {'{"decision":true}'}
 
 
-def test_c_4_5_2_the_next_token_pages_to_the_end(certification: httpx.Client) -> None:
+def test_c_4_5_2_the_next_token_pages_to_the_end(certification: httpx2.Client) -> None:
     request = {
         "subject": {"type": "user"},
         "action": {"name": "read"},
@@ -227,14 +227,14 @@ def test_c_4_5_2_the_next_token_pages_to_the_end(certification: httpx.Client) ->
     }
 
 
-def test_c_5_2_search_answers_are_json(certification: httpx.Client) -> None:
+def test_c_5_2_search_answers_are_json(certification: httpx2.Client) -> None:
     response = post(
         certification, "search/resource", {**ALICE_READS_RECORD_1, "resource": {"type": "record"}}
     )
     assert response.headers["content-type"] == "application/json"
 
 
-def test_c_5_5_unknown_members_are_ignored_in_every_entity(certification: httpx.Client) -> None:
+def test_c_5_5_unknown_members_are_ignored_in_every_entity(certification: httpx2.Client) -> None:
     body = {
         "subject": {"type": "user", "id": "alice", "extra": 1},
         "action": {"name": "read", "extra": [1]},
@@ -248,7 +248,7 @@ def test_c_5_5_unknown_members_are_ignored_in_every_entity(certification: httpx.
 # --- Certification: Discovery (c-6) ---------------------------------------------------------------
 
 
-def test_c_6_metadata_names_the_base_url_and_every_endpoint(certification: httpx.Client) -> None:
+def test_c_6_metadata_names_the_base_url_and_every_endpoint(certification: httpx2.Client) -> None:
     response = certification.get("/.well-known/authzen-configuration")
     base = str(certification.base_url).rstrip("/")
     assert response.status_code == 200
@@ -271,25 +271,25 @@ GATEWAY = INTEROP / "authzen-api-gateways" / "test-harness" / "test" / "decision
 
 
 @pytest.fixture(scope="module")
-def todo() -> Iterator[httpx.Client]:
+def todo() -> Iterator[httpx2.Client]:
     with served("todo") as client:
         yield client
 
 
 @pytest.mark.parametrize("case", cases(TODO, "evaluation"), ids=case_id)
-def test_todo_evaluation(todo: httpx.Client, case: dict[str, Any]) -> None:
+def test_todo_evaluation(todo: httpx2.Client, case: dict[str, Any]) -> None:
     data = post(todo, "evaluation", case["request"]).json()
     assert js_stringify(data.get("decision") or False) == js_stringify(case["expected"])
 
 
 @pytest.mark.parametrize("case", cases(TODO, "evaluations"), ids=[f"boxcar-{n}" for n in range(3)])
-def test_todo_evaluations(todo: httpx.Client, case: dict[str, Any]) -> None:
+def test_todo_evaluations(todo: httpx2.Client, case: dict[str, Any]) -> None:
     data = post(todo, "evaluations", case["request"]).json()
     assert js_stringify(data.get("evaluations") or []) == js_stringify(case["expected"])
 
 
 @pytest.mark.parametrize("case", cases(GATEWAY, "evaluation"), ids=case_id)
-def test_api_gateway_evaluation(todo: httpx.Client, case: dict[str, Any]) -> None:
+def test_api_gateway_evaluation(todo: httpx2.Client, case: dict[str, Any]) -> None:
     data = post(todo, "evaluation", case["request"]).json()
     assert js_stringify(data.get("decision") or False) == js_stringify(case["expected"])
 
@@ -301,34 +301,34 @@ IDP = INTEROP / "authzen-idp" / "test-harness" / "src" / "results.json"
 
 
 @pytest.fixture(scope="module")
-def search_demo() -> Iterator[httpx.Client]:
+def search_demo() -> Iterator[httpx2.Client]:
     with served("search") as client:
         yield client
 
 
-def check_search(client: httpx.Client, kind: str, case: dict[str, Any]) -> None:
+def check_search(client: httpx2.Client, kind: str, case: dict[str, Any]) -> None:
     response = post(client, f"search/{kind}", case["request"])
     assert response.status_code == 200
     assert sorted_results(response.json()) == sorted_results(case["expected"])
 
 
 @pytest.mark.parametrize("case", cases(SEARCH / "subject" / "results.json", "evaluation"), ids=case_id)
-def test_search_subject(search_demo: httpx.Client, case: dict[str, Any]) -> None:
+def test_search_subject(search_demo: httpx2.Client, case: dict[str, Any]) -> None:
     check_search(search_demo, "subject", case)
 
 
 @pytest.mark.parametrize("case", cases(SEARCH / "resource" / "results.json", "evaluation"), ids=case_id)
-def test_search_resource(search_demo: httpx.Client, case: dict[str, Any]) -> None:
+def test_search_resource(search_demo: httpx2.Client, case: dict[str, Any]) -> None:
     check_search(search_demo, "resource", case)
 
 
 @pytest.mark.parametrize("case", cases(SEARCH / "action" / "results.json", "evaluation"), ids=case_id)
-def test_search_action(search_demo: httpx.Client, case: dict[str, Any]) -> None:
+def test_search_action(search_demo: httpx2.Client, case: dict[str, Any]) -> None:
     check_search(search_demo, "action", case)
 
 
 @pytest.mark.parametrize("case", cases(IDP, "search"), ids=case_id)
-def test_idp_resource_search(search_demo: httpx.Client, case: dict[str, Any]) -> None:
+def test_idp_resource_search(search_demo: httpx2.Client, case: dict[str, Any]) -> None:
     check_search(search_demo, "resource", case)
 
 

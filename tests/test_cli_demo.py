@@ -40,7 +40,7 @@ def test_the_demo_exits_0_and_says_it_passed(demo: subprocess.CompletedProcess[s
 def test_the_demo_prints_the_decision_table(demo: subprocess.CompletedProcess[str]) -> None:
     header = next(line for line in demo.stdout.splitlines() if line.startswith("session"))
     assert header.split() == " ".join(HEADER).split()
-    assert len(_table(demo)) == 11  # one row per call of the scenario
+    assert len(_table(demo)) == 12  # one row per call of the scenario
 
 
 def test_an_allowed_row_names_the_rule_that_allowed(demo: subprocess.CompletedProcess[str]) -> None:
@@ -50,9 +50,16 @@ def test_an_allowed_row_names_the_rule_that_allowed(demo: subprocess.CompletedPr
 
 def test_an_unauthenticated_row_shows_the_challenge(demo: subprocess.CompletedProcess[str]) -> None:
     rows = [row for row in _table(demo) if "unauthenticated" in row]
-    assert len(rows) == 2
-    assert all('Bearer resource_metadata="https://finance.board.example/' in row for row in rows)
+    assert len(rows) == 3
+    # finance requires DPoP (examples/board-packet): its challenge is the DPoP scheme's
+    assert all('DPoP resource_metadata="https://finance.board.example/' in row for row in rows)
     assert 'error="invalid_token", error_description="token expired"' in rows[1]
+
+
+def test_a_stolen_dpop_bound_token_is_useless_without_its_key(demo: subprocess.CompletedProcess[str]) -> None:
+    row = _row(demo, "stolen DPoP-bound token")
+    assert "unauthenticated" in row
+    assert "this server accepts only DPoP-bound tokens" in row
 
 
 def test_a_denied_row_shows_the_denial(demo: subprocess.CompletedProcess[str]) -> None:

@@ -74,7 +74,7 @@ def burst(datapath: DataPath) -> Iterator[Burst]:
     lock = threading.Lock()
 
     def worker(offset: int) -> None:
-        # http.client, not httpx: the client threads share this process (and its GIL) with
+        # http.client, not httpx2: the client threads share this process (and its GIL) with
         # ext_authz and the MCP servers, and it costs less than half the CPU per request.
         connection = http.client.HTTPConnection(
             datapath.gateway.envoy.listener_host, datapath.gateway.envoy.listener_port, timeout=30

@@ -204,6 +204,8 @@ def _partial_bodies(bootstrap: dict[str, Any], max_request_bytes: int) -> dict[s
         "typed_config"
     ]["route_config"]["virtual_hosts"]:
         for route in virtual_host["routes"]:
+            if "direct_response" in route:  # a metadata document: never checked
+                continue
             for config in route["typed_per_filter_config"].values():
                 config["check_settings"]["with_request_body"] = {
                     "max_request_bytes": max_request_bytes,

@@ -6,7 +6,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
+import httpx2
 import pytest
 
 from callwarden.extauthz.service import start_extauthz
@@ -27,7 +27,7 @@ def stopped(tmp_path: Path) -> Iterator[tuple[DataPath, int]]:
         yield datapath, datapath.gateway.ext_authz.server.port
 
 
-def _send(datapath: DataPath) -> httpx.Response:
+def _send(datapath: DataPath) -> httpx2.Response:
     return datapath.post("finance", ALLOWED, token=datapath.token("finance"))
 
 

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
+import httpx2
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -110,7 +110,7 @@ TOKENS: dict[str, tuple[Callable[[DataPath], str | None], str]] = {
 }
 
 
-def _post(dp: DataPath, authorization: str | None) -> httpx.Response:
+def _post(dp: DataPath, authorization: str | None) -> httpx2.Response:
     headers = {"authorization": authorization} if authorization is not None else {}
     return dp.post("finance", ALLOWED, headers=headers)
 
@@ -184,14 +184,14 @@ def _own_token(dp: DataPath, issuer: LocalIssuer) -> str:
     return issuer.mint(aud=dp.resource("finance"), sub="alice", roles=["analyst"], client_id="board-agent")
 
 
-def _allowed(response: httpx.Response) -> bool:
+def _allowed(response: httpx2.Response) -> bool:
     """The tool ran: a JSON-RPC result came back (a JSON-RPC deny is HTTP 200 too)."""
     return response.status_code == 200 and "result" in response.json()
 
 
 def _until(
-    dp: DataPath, token: str, wanted: Callable[[httpx.Response], bool], seconds: float
-) -> httpx.Response:
+    dp: DataPath, token: str, wanted: Callable[[httpx2.Response], bool], seconds: float
+) -> httpx2.Response:
     """Send the allowed call until its answer is `wanted` (or the time is up: the last answer)."""
     deadline = time.monotonic() + seconds
     while True:
@@ -201,7 +201,7 @@ def _until(
         time.sleep(0.05)
 
 
-def _rejected(response: httpx.Response) -> bool:
+def _rejected(response: httpx2.Response) -> bool:
     return response.status_code == 401
 
 

@@ -6,7 +6,7 @@ import base64
 import json
 from typing import Any
 
-import httpx
+import httpx2
 import jwt
 import pytest
 from cryptography.hazmat.primitives import hashes
@@ -45,8 +45,8 @@ def segments(token: str) -> tuple[dict[str, Any], dict[str, Any], bytes]:
 
 def verify_over_http(issuer: LocalIssuer, token: str, audience: str = AUDIENCE) -> dict[str, Any]:
     """Verify with PyJWT against the JWKS as fetched over HTTP (discovery first), never the in-memory key."""
-    discovery = httpx.get(issuer.base_url + "/.well-known/openid-configuration", timeout=5).json()
-    jwks = httpx.get(discovery["jwks_uri"], timeout=5).json()
+    discovery = httpx2.get(issuer.base_url + "/.well-known/openid-configuration", timeout=5).json()
+    jwks = httpx2.get(discovery["jwks_uri"], timeout=5).json()
     kid = jwt.get_unverified_header(token)["kid"]
     [jwk] = [key for key in jwks["keys"] if key["kid"] == kid]
     claims: dict[str, Any] = jwt.decode(
@@ -150,14 +150,14 @@ def test_a_token_signed_by_another_key_does_not_verify(demo_issuers: RunningIssu
 
 def test_openid_configuration_names_issuer_and_jwks_uri(demo_issuers: RunningIssuers) -> None:
     issuer = demo_issuers["documents"]
-    discovery = httpx.get(issuer.base_url + "/.well-known/openid-configuration", timeout=5).json()
+    discovery = httpx2.get(issuer.base_url + "/.well-known/openid-configuration", timeout=5).json()
     assert discovery["issuer"] == "https://issuer.documents.board.example"
     assert discovery["jwks_uri"] == issuer.jwks_uri == issuer.base_url + "/jwks.json"
 
 
 @pytest.mark.parametrize("path", ["/", "/jwks", "/jwks.json/", "/.well-known/oauth-authorization-server"])
 def test_other_paths_are_not_found(demo_issuers: RunningIssuers, path: str) -> None:
-    assert httpx.get(demo_issuers["finance"].base_url + path, timeout=5).status_code == 404
+    assert httpx2.get(demo_issuers["finance"].base_url + path, timeout=5).status_code == 404
 
 
 @pytest.mark.parametrize(
@@ -166,7 +166,7 @@ def test_other_paths_are_not_found(demo_issuers: RunningIssuers, path: str) -> N
 def test_jwks_publishes_public_members_only(
     demo_issuers: RunningIssuers, name: str, kty: str, members: set[str]
 ) -> None:
-    [jwk] = httpx.get(demo_issuers[name].jwks_uri, timeout=5).json()["keys"]
+    [jwk] = httpx2.get(demo_issuers[name].jwks_uri, timeout=5).json()["keys"]
     assert jwk["kty"] == kty
     assert set(jwk) == {"kty", "kid", "use", "alg", *members, *({"crv"} if kty == "EC" else set())}
 
@@ -224,7 +224,7 @@ def test_rotation_signs_with_the_new_key_and_keeps_publishing_the_old() -> None:
         fresh = issuer.rotate_key()
         new_token = issuer.mint("alice", AUDIENCE, "board-agent")
         assert segments(new_token)[0]["kid"] == fresh.kid != old
-        assert [key["kid"] for key in httpx.get(issuer.jwks_uri, timeout=5).json()["keys"]] == [
+        assert [key["kid"] for key in httpx2.get(issuer.jwks_uri, timeout=5).json()["keys"]] == [
             fresh.kid,
             old,
         ]
@@ -237,7 +237,7 @@ def test_rotation_without_keeping_drops_the_old_key() -> None:
         issuer = issuers["workflow"]
         old = issuer.key.kid
         fresh = issuer.rotate_key(keep_previous=False)
-        assert [key["kid"] for key in httpx.get(issuer.jwks_uri, timeout=5).json()["keys"]] == [fresh.kid]
+        assert [key["kid"] for key in httpx2.get(issuer.jwks_uri, timeout=5).json()["keys"]] == [fresh.kid]
         assert fresh.kid != old
 
 
@@ -245,8 +245,8 @@ def test_jwks_fetches_are_counted() -> None:
     with start_issuers({"finance": 0}) as issuers:
         issuer = issuers["finance"]
         for _ in range(3):
-            httpx.get(issuer.jwks_uri, timeout=5)
-        httpx.get(issuer.base_url + "/.well-known/openid-configuration", timeout=5)
+            httpx2.get(issuer.jwks_uri, timeout=5)
+        httpx2.get(issuer.base_url + "/.well-known/openid-configuration", timeout=5)
         assert issuer.jwks_fetches == 3
 
 

@@ -8,7 +8,6 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 import anyio
-import httpx
 import httpx2
 import pytest
 from mcp import ClientSession
@@ -156,7 +155,7 @@ def test_the_gateway_decision_id_is_recorded_and_echoed(demo_servers: RunningSer
     params = {"name": "create_doc", "arguments": {"template": "t", "title": "x"}}
     body = {"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": params}
     headers = {**MCP_HEADERS, DECISION_ID_HEADER: "01JDEMO0000000000000000001"}
-    response = httpx.post(demo_servers.url("documents"), json=body, headers=headers, timeout=10)
+    response = httpx2.post(demo_servers.url("documents"), json=body, headers=headers, timeout=10)
     assert response.headers[DECISION_ID_HEADER] == "01JDEMO0000000000000000001"
     assert demo_servers.ledgers["documents"].calls()[0].decision_id == "01JDEMO0000000000000000001"
 
@@ -173,7 +172,7 @@ def test_a_routed_host_header_is_accepted(demo_servers: RunningServers) -> None:
 
 
 def test_each_message_is_one_post_answered_with_json_and_no_session(demo_servers: RunningServers) -> None:
-    response = httpx.post(demo_servers.url("finance"), json=INITIALIZE, headers=MCP_HEADERS, timeout=10)
+    response = httpx2.post(demo_servers.url("finance"), json=INITIALIZE, headers=MCP_HEADERS, timeout=10)
     assert response.headers["content-type"].startswith("application/json")
     assert "mcp-session-id" not in response.headers
     assert response.json()["result"]["serverInfo"]["name"] == "finance"
@@ -187,7 +186,7 @@ def test_stateless_tools_call_needs_no_prior_initialize(demo_servers: RunningSer
         "method": "tools/call",
         "params": {"name": tool, "arguments": arguments},
     }
-    response = httpx.post(demo_servers.url("workflow"), json=body, headers=MCP_HEADERS, timeout=10)
+    response = httpx2.post(demo_servers.url("workflow"), json=body, headers=MCP_HEADERS, timeout=10)
     assert response.json()["id"] == "a"
     assert "result" in response.json()
     assert demo_servers.executed("workflow", tool) == 1
@@ -211,11 +210,11 @@ def test_calls_endpoint_starts_at_zero_for_every_tool(demo_servers: RunningServe
 
 
 def test_calls_endpoint_is_read_only(demo_servers: RunningServers) -> None:
-    assert httpx.post(demo_servers.calls_url("finance"), json={}, timeout=5).status_code == 405
+    assert httpx2.post(demo_servers.calls_url("finance"), json={}, timeout=5).status_code == 405
 
 
 def test_calls_endpoint_is_outside_the_mcp_path(demo_servers: RunningServers) -> None:
-    assert httpx.get(demo_servers.url("finance") + "/_calls", timeout=5).status_code == 404
+    assert httpx2.get(demo_servers.url("finance") + "/_calls", timeout=5).status_code == 404
 
 
 def test_executed_rejects_a_tool_the_server_does_not_have(demo_servers: RunningServers) -> None:

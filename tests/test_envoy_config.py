@@ -7,7 +7,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-import httpx
+import httpx2
 import pytest
 
 from callwarden.extauthz.envoy import (
@@ -40,8 +40,13 @@ def virtual_hosts(bootstrap: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {vhost["name"]: vhost for vhost in connection_manager(bootstrap)["route_config"]["virtual_hosts"]}
 
 
+def mcp_routes(vhost: dict[str, Any]) -> list[dict[str, Any]]:
+    """The MCP routes of a virtual host (not the metadata documents served beside them)."""
+    return [route for route in vhost["routes"] if "direct_response" not in route]
+
+
 def route_names(vhost: dict[str, Any]) -> list[str]:
-    return [route["name"] for route in vhost["routes"]]
+    return [route["name"] for route in mcp_routes(vhost)]
 
 
 def clusters(bootstrap: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -84,7 +89,7 @@ def test_each_route_names_its_server_and_carries_its_body_limit() -> None:
     finance = mcp_server(
         "finance", UPSTREAM, namespace="acme", path_prefix="/finance", max_request_bytes=4096
     )
-    [route] = virtual_hosts(render(finance))["*"]["routes"]
+    [route] = mcp_routes(virtual_hosts(render(finance))["*"])
     settings = route["typed_per_filter_config"][EXT_AUTHZ_FILTER]["check_settings"]
     assert settings["context_extensions"] == {CONTEXT_SERVER_KEY: "acme/finance"}
     assert settings["with_request_body"] == {
@@ -95,8 +100,33 @@ def test_each_route_names_its_server_and_carries_its_body_limit() -> None:
     assert route["route"]["cluster"] == cluster_name(finance)
 
 
+def test_each_servers_metadata_is_served_beside_its_route_without_ext_authz() -> None:
+    finance = mcp_server("finance", UPSTREAM, hosts=["a.test"], dpop={"mode": "required"})
+    [metadata] = [r for r in virtual_hosts(render(finance))["a.test"]["routes"] if "direct_response" in r]
+    assert metadata["match"] == {"path": "/.well-known/oauth-protected-resource/mcp"}
+    assert metadata["typed_per_filter_config"][EXT_AUTHZ_FILTER]["disabled"] is True
+    document = json.loads(metadata["direct_response"]["body"]["inline_string"])
+    assert document["resource"] == "https://finance.test/mcp"
+    assert document["dpop_bound_access_tokens_required"] is True
+
+
+def test_a_server_whose_metadata_is_published_elsewhere_gets_no_metadata_route() -> None:
+    elsewhere = {"url": "https://docs.example/prm.json"}
+    finance = mcp_server("finance", UPSTREAM, protectedResourceMetadata=elsewhere)
+    assert all("direct_response" not in r for r in virtual_hosts(render(finance))["*"]["routes"])
+
+
+def test_http_ext_authz_forwards_what_a_dpop_check_needs_and_returns_the_nonce() -> None:
+    config = ext_authz_config(render(mcp_server("a", UPSTREAM), transport="http"))
+    forwarded = [p.get("exact") for p in config["allowed_headers"]["patterns"]]
+    assert {"dpop", "x-forwarded-proto"} <= set(forwarded)
+    answers = config["http_service"]["authorization_response"]
+    assert {"exact": "dpop-nonce"} in answers["allowed_client_headers"]["patterns"]
+    assert {"exact": "dpop-nonce"} in answers["allowed_client_headers_on_success"]["patterns"]
+
+
 def test_routes_have_no_overall_timeout_so_sse_streams_stay_open() -> None:
-    [route] = virtual_hosts(render(mcp_server("a", UPSTREAM)))["*"]["routes"]
+    [route] = mcp_routes(virtual_hosts(render(mcp_server("a", UPSTREAM)))["*"])
     assert route["route"]["timeout"] == "0s"
     assert route["route"]["idle_timeout"] == "3600s"
     assert connection_manager(render(mcp_server("a", UPSTREAM)))["stream_idle_timeout"] == "3600s"
@@ -113,7 +143,7 @@ def test_routes_have_no_overall_timeout_so_sse_streams_stay_open() -> None:
     ids=["root", "plain", "trailing-slash", "nested"],
 )
 def test_path_prefixes_match_whole_segments(prefix: str, match: dict[str, str]) -> None:
-    [route] = virtual_hosts(render(mcp_server("a", UPSTREAM, path_prefix=prefix)))["*"]["routes"]
+    [route] = mcp_routes(virtual_hosts(render(mcp_server("a", UPSTREAM, path_prefix=prefix)))["*"])
     assert route["match"] == match
 
 
@@ -264,7 +294,7 @@ def test_several_envoys_run_side_by_side_on_their_own_ports(tmp_path: Path) -> N
     ):
         assert one.listener_port != two.listener_port
         assert one.admin_url != two.admin_url
-        assert httpx.get(two.url + "/elsewhere", trust_env=False).status_code == 404
+        assert httpx2.get(two.url + "/elsewhere", trust_env=False).status_code == 404
 
 
 @pytest.mark.integration

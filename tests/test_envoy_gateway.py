@@ -8,7 +8,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
+import httpx2
 import pytest
 from envoy.service.auth.v3.external_auth_pb2 import CheckRequest, CheckResponse
 
@@ -80,13 +80,13 @@ def gw(
 
 
 @pytest.fixture(scope="module")
-def client() -> Iterator[httpx.Client]:
-    with httpx.Client(trust_env=False, timeout=10) as running:
+def client() -> Iterator[httpx2.Client]:
+    with httpx2.Client(trust_env=False, timeout=10) as running:
         yield running
 
 
 def test_an_allowed_request_reaches_the_upstream_with_its_decision_id(
-    gw: Gateway, client: httpx.Client, upstream: RecordingUpstream
+    gw: Gateway, client: httpx2.Client, upstream: RecordingUpstream
 ) -> None:
     before = upstream.count
     response = client.post(gw.url + "/finance", content=TOOLS_CALL)
@@ -97,7 +97,7 @@ def test_an_allowed_request_reaches_the_upstream_with_its_decision_id(
 
 
 def test_client_sent_callwarden_headers_never_reach_the_upstream(
-    gw: Gateway, client: httpx.Client, upstream: RecordingUpstream, checker: ScriptedChecker
+    gw: Gateway, client: httpx2.Client, upstream: RecordingUpstream, checker: ScriptedChecker
 ) -> None:
     before = upstream.count
     forged = {"x-callwarden-forged": "admin", DECISION_ID_HEADER: "forged", "X-Callwarden-Role": "root"}
@@ -109,7 +109,7 @@ def test_client_sent_callwarden_headers_never_reach_the_upstream(
 
 
 def test_a_denied_request_gets_the_denial_and_never_reaches_the_upstream(
-    gw: Gateway, client: httpx.Client, upstream: RecordingUpstream
+    gw: Gateway, client: httpx2.Client, upstream: RecordingUpstream
 ) -> None:
     before = upstream.count
     response = client.post(gw.url + "/finance", content=TOOLS_CALL, headers={VERDICT_HEADER: "deny"})
@@ -122,7 +122,7 @@ def test_a_denied_request_gets_the_denial_and_never_reaches_the_upstream(
 
 
 def test_a_raising_checker_denies_and_never_reaches_the_upstream(
-    gw: Gateway, client: httpx.Client, upstream: RecordingUpstream
+    gw: Gateway, client: httpx2.Client, upstream: RecordingUpstream
 ) -> None:
     before = upstream.count
     response = client.post(gw.url + "/finance", content=TOOLS_CALL, headers={VERDICT_HEADER: "raise"})
@@ -143,7 +143,7 @@ def test_a_raising_checker_denies_and_never_reaches_the_upstream(
     ids=["json", "invalid-utf8", "unicode-tricks", "duplicate-keys-nul-crlf", "empty"],
 )
 def test_the_checker_sees_the_exact_body_bytes(
-    gw: Gateway, client: httpx.Client, checker: ScriptedChecker, upstream: RecordingUpstream, body: bytes
+    gw: Gateway, client: httpx2.Client, checker: ScriptedChecker, upstream: RecordingUpstream, body: bytes
 ) -> None:
     before_checks, before_upstream = len(checker.seen), upstream.count
     assert client.post(gw.url + "/finance", content=body).status_code == 200
@@ -153,7 +153,7 @@ def test_the_checker_sees_the_exact_body_bytes(
 
 
 def test_a_chunked_body_is_buffered_whole_before_the_check(
-    gw: Gateway, client: httpx.Client, checker: ScriptedChecker
+    gw: Gateway, client: httpx2.Client, checker: ScriptedChecker
 ) -> None:
     before = len(checker.seen)
     chunks = [TOOLS_CALL[:10], TOOLS_CALL[10:40], TOOLS_CALL[40:]]
@@ -174,7 +174,7 @@ def test_a_chunked_body_is_buffered_whole_before_the_check(
     ids=["any-host", "sub-path", "other-server", "host-specific", "host-with-port", "host-falls-back"],
 )
 def test_each_route_tells_the_checker_its_mcp_server(
-    gw: Gateway, client: httpx.Client, checker: ScriptedChecker, *, path: str, host: str | None, server: str
+    gw: Gateway, client: httpx2.Client, checker: ScriptedChecker, *, path: str, host: str | None, server: str
 ) -> None:
     before = len(checker.seen)
     headers = {"host": host} if host else {}
@@ -188,7 +188,7 @@ def test_each_route_tells_the_checker_its_mcp_server(
     ids=["sibling-prefix", "root", "partial", "nested"],
 )
 def test_a_path_no_server_claims_reaches_no_upstream(
-    gw: Gateway, client: httpx.Client, upstream: RecordingUpstream, path: str
+    gw: Gateway, client: httpx2.Client, upstream: RecordingUpstream, path: str
 ) -> None:
     before = upstream.count
     assert client.post(gw.url + path, content=TOOLS_CALL).status_code == 404
@@ -198,7 +198,7 @@ def test_a_path_no_server_claims_reaches_no_upstream(
 @pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
 def test_a_body_over_the_servers_limit_gets_413_and_reaches_neither_checker_nor_upstream(
     gw: Gateway,
-    client: httpx.Client,
+    client: httpx2.Client,
     checker: ScriptedChecker,
     upstream: RecordingUpstream,
     chunked: bool,
@@ -213,7 +213,7 @@ def test_a_body_over_the_servers_limit_gets_413_and_reaches_neither_checker_nor_
 
 
 def test_a_body_exactly_at_the_limit_is_checked(
-    gw: Gateway, client: httpx.Client, checker: ScriptedChecker
+    gw: Gateway, client: httpx2.Client, checker: ScriptedChecker
 ) -> None:
     before = len(checker.seen)
     assert client.post(gw.url + "/small", content=b"x" * 1024).status_code == 200
@@ -221,7 +221,7 @@ def test_a_body_exactly_at_the_limit_is_checked(
 
 
 def test_a_body_above_grpcs_default_message_limit_is_checked_whole(
-    gw: Gateway, client: httpx.Client, checker: ScriptedChecker
+    gw: Gateway, client: httpx2.Client, checker: ScriptedChecker
 ) -> None:
     before = len(checker.seen)
     body = b"y" * (5 * 1024 * 1024)
@@ -234,7 +234,7 @@ def test_ext_authz_down_means_503_and_a_restart_on_the_same_port_recovers(tmp_pa
     with (
         recording_upstream() as upstream,
         gateway([mcp_server("finance", upstream.url)], checker, tmp_path) as running,
-        httpx.Client(trust_env=False, timeout=10) as client,
+        httpx2.Client(trust_env=False, timeout=10) as client,
     ):
         assert client.post(running.url + "/mcp", content=TOOLS_CALL).status_code == 200
         port = running.ext_authz.port
@@ -257,7 +257,7 @@ def test_ext_authz_down_means_503_and_a_restart_on_the_same_port_recovers(tmp_pa
 def raw_request(
     gw: Gateway, method: str, path: str, headers: dict[str, str] | None = None
 ) -> tuple[int, str]:
-    """Send `path` exactly as written (httpx would normalise it client-side)."""
+    """Send `path` exactly as written (httpx2 would normalise it client-side)."""
     connection = http.client.HTTPConnection(gw.envoy.listener_host, gw.envoy.listener_port, timeout=10)
     try:
         connection.request(method, path, body=TOOLS_CALL, headers=headers or {})
@@ -312,7 +312,7 @@ def test_header_names_with_underscores_are_rejected_before_the_check(
 
 @pytest.mark.parametrize("method", ["GET", "DELETE"], ids=str)
 def test_bodyless_requests_are_checked_too(
-    gw: Gateway, client: httpx.Client, checker: ScriptedChecker, upstream: RecordingUpstream, method: str
+    gw: Gateway, client: httpx2.Client, checker: ScriptedChecker, upstream: RecordingUpstream, method: str
 ) -> None:
     before_checks, before_upstream = len(checker.seen), upstream.count
     response = client.request(method, gw.url + "/finance", headers={VERDICT_HEADER: "deny"})

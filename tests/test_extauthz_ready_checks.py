@@ -6,7 +6,7 @@ import time
 from collections.abc import Iterator
 
 import grpc
-import httpx
+import httpx2
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -55,8 +55,8 @@ def eventually_health(ext_authz: ExtAuthz, wanted: int, timeout: float = 3.0) ->
     return status
 
 
-def readyz(ext_authz: ExtAuthz) -> httpx.Response:
-    with httpx.Client(trust_env=False) as client:
+def readyz(ext_authz: ExtAuthz) -> httpx2.Response:
+    with httpx2.Client(trust_env=False) as client:
         return client.get(f"http://127.0.0.1:{ext_authz.server.http_port}/readyz", timeout=5)
 
 

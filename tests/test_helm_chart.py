@@ -10,11 +10,14 @@ CALLWARDEN_UPDATE_SNAPSHOTS=1, see tests/support/snapshots.py).
 The mesh objects the operator writes (Istio AuthorizationPolicy, Envoy Gateway SecurityPolicy) are
 tested in tests/test_operator_mesh.py against tests/fixtures/mesh-crds/: minimal structural CRDs
 (spec preserved, not validated) that stand in for Istio's and Envoy Gateway's real CRDs, which
-cannot be downloaded here.
+cannot be downloaded here. The chart's ServiceMonitor and PodMonitor are dry-run the same way,
+against the stand-ins in tests/fixtures/monitoring-crds/; the fields the Prometheus Operator acts
+on (selector, port, path) are checked here against the chart's own Service and pods.
 """
 
 from __future__ import annotations
 
+import base64
 import shlex
 import subprocess
 from pathlib import Path
@@ -42,7 +45,11 @@ VARIANTS: Final = {
     "gateway": CHART / "ci" / "gateway-values.yaml",
     "tls": CHART / "ci" / "tls-values.yaml",
     "kind": ROOT / "e2e" / "kind" / "values.yaml",  # what e2e/kind.sh installs
+    "servicemonitor": CHART / "ci" / "servicemonitor-values.yaml",
+    "podmonitor": CHART / "ci" / "podmonitor-values.yaml",
 }
+MONITORING_CRDS: Final = ROOT / "tests" / "fixtures" / "monitoring-crds"  # structural stand-ins
+MONITOR_KINDS: Final = ("ServiceMonitor", "PodMonitor")
 SECURITY_KINDS: Final = ("ClusterRole", "Role", "NetworkPolicy")
 
 
@@ -64,8 +71,10 @@ def rendered(kube: Kube) -> dict[str, list[dict[str, Any]]]:
 
 @pytest.fixture(scope="module")
 def cluster(kube: Kube) -> Kube:
-    """CRDs installed first (the chart's crds/ are the same files), and the namespaces it uses."""
+    """CRDs installed first (the chart's crds/ are the same files, the monitors' are stand-ins),
+    and the namespaces it uses."""
     install_crds(kube)
+    install_crds(kube, MONITORING_CRDS)
     kube.apply(namespace_object(NAMESPACE), namespace_object("board-packet"))
     return kube
 
@@ -207,6 +216,29 @@ def test_tls_mounts_the_secret_and_passes_the_key_pair_to_extauthz(
     assert {"name": "tls", "secret": {"secretName": "callwarden-extauthz-tls"}} in pod["volumes"]
 
 
+def test_every_extauthz_replica_mounts_one_generated_dpop_nonce_key(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    (secret,) = [
+        o for o in of_kind(rendered["default"], "Secret") if o["metadata"]["name"].endswith("dpop-nonce")
+    ]
+    assert len(base64.b64decode(secret["data"]["nonce-key"])) == 64
+    assert secret["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    (deployment,) = of_kind(rendered["default"], "Deployment", "extauthz")
+    pod = deployment["spec"]["template"]["spec"]
+    assert "--dpop-nonce-key-file=/etc/callwarden/dpop/nonce-key" in pod["containers"][0]["args"]
+    [volume] = [v for v in pod["volumes"] if v["name"] == "dpop-nonce"]
+    assert volume["secret"]["secretName"] == secret["metadata"]["name"]
+
+
+def test_an_existing_dpop_nonce_secret_is_mounted_instead_of_a_generated_one(kube: Kube) -> None:
+    found = objects(helm_template(kube, None, "--set", "extauthz.dpop.nonceKey.existingSecret=my-nonce-key"))
+    assert not [o for o in of_kind(found, "Secret") if o["metadata"]["name"].endswith("dpop-nonce")]
+    (deployment,) = of_kind(found, "Deployment", "extauthz")
+    [volume] = [v for v in deployment["spec"]["template"]["spec"]["volumes"] if v["name"] == "dpop-nonce"]
+    assert volume["secret"]["secretName"] == "my-nonce-key"
+
+
 def test_tls_without_a_secret_name_is_refused(kube: Kube) -> None:
     result = kube.run_helm(
         "template", "callwarden", str(CHART), "--set", "extauthz.tls.enabled=true", check=False
@@ -217,8 +249,15 @@ def test_tls_without_a_secret_name_is_refused(kube: Kube) -> None:
 
 @pytest.mark.parametrize(
     "setting",
-    ["mesh.mode=linkerd", "extauthz.grpcPort=0", "operator.replicas=0", "extauthz.unknownKey=1"],
-    ids=["unknown-mesh", "port-zero", "no-operator", "unknown-key"],
+    [
+        "mesh.mode=linkerd",
+        "extauthz.grpcPort=0",
+        "operator.replicas=0",
+        "extauthz.unknownKey=1",
+        "metrics.serviceMonitor.interval=soon",
+        "metrics.podMonitor.enabled=yes",
+    ],
+    ids=["unknown-mesh", "port-zero", "no-operator", "unknown-key", "monitor-interval", "monitor-toggle"],
 )
 def test_values_schema_rejects_bad_values(kube: Kube, setting: str) -> None:
     args = ["template", "callwarden", str(CHART), "--set", setting]
@@ -283,3 +322,124 @@ def test_gateway_routes_name_their_mcpserver_for_ext_authz(rendered: dict[str, l
         {"mcp_server": "board-packet/workflow"},
     ]
     assert hcm["http_filters"][0]["typed_config"]["failure_mode_allow"] is False
+
+
+@pytest.mark.parametrize(
+    "variant", [v for v in VARIANTS if v not in ("servicemonitor", "podmonitor")], ids=str
+)
+def test_no_monitor_is_rendered_unless_enabled(
+    rendered: dict[str, list[dict[str, Any]]], variant: str
+) -> None:
+    assert [o for o in rendered[variant] if o["kind"] in MONITOR_KINDS] == []
+
+
+# component -> the port its /metrics is on (a named port of its pods, and of its Service).
+METRICS_PORTS: Final = {"extauthz": "http", "operator": "metrics"}
+
+
+def pod_template(found: list[dict[str, Any]], component: str) -> dict[str, Any]:
+    """The pod template of the component's Deployment, asserting that it names its metrics port."""
+    (deployment,) = of_kind(found, "Deployment", component)
+    pod: dict[str, Any] = deployment["spec"]["template"]
+    assert METRICS_PORTS[component] in {p["name"] for p in pod["spec"]["containers"][0]["ports"]}
+    return pod
+
+
+@pytest.mark.parametrize("component", list(METRICS_PORTS), ids=str)
+def test_a_service_monitor_scrapes_each_components_service(
+    rendered: dict[str, list[dict[str, Any]]], component: str
+) -> None:
+    found = rendered["servicemonitor"]
+    (monitor,) = of_kind(found, "ServiceMonitor", component)
+    port = METRICS_PORTS[component]
+    selector = monitor["spec"]["selector"]["matchLabels"]
+    (service,) = [
+        o for o in of_kind(found, "Service", component) if selector.items() <= o["metadata"]["labels"].items()
+    ]
+    assert port in {p["name"] for p in service["spec"]["ports"]}
+    pod = pod_template(found, component)
+    assert service["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
+    assert monitor["spec"]["endpoints"] == [
+        {"port": port, "path": "/metrics", "interval": "30s", "scrapeTimeout": "10s"}
+    ]
+    assert monitor["metadata"]["namespace"] == NAMESPACE
+    assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+
+
+@pytest.mark.parametrize("component", list(METRICS_PORTS), ids=str)
+def test_a_pod_monitor_scrapes_each_components_pods(
+    rendered: dict[str, list[dict[str, Any]]], component: str
+) -> None:
+    found = rendered["podmonitor"]
+    (monitor,) = of_kind(found, "PodMonitor", component)
+    pod = pod_template(found, component)
+    port = METRICS_PORTS[component]
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+    assert monitor["spec"]["podMetricsEndpoints"] == [{"port": port, "path": "/metrics", "interval": "1m"}]
+    assert of_kind(found, "ServiceMonitor") == []
+
+
+def test_the_operator_serves_its_metrics_on_the_metrics_port(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    (deployment,) = of_kind(rendered["default"], "Deployment", "operator")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert "--metrics-listen=0.0.0.0:8081" in container["args"]
+    assert {"name": "metrics", "containerPort": 8081} in container["ports"]
+
+
+def test_the_operator_metrics_service_comes_only_with_service_monitors(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    def operator_services(variant: str) -> list[str]:
+        return [o["metadata"]["name"] for o in of_kind(rendered[variant], "Service", "operator")]
+
+    assert operator_services("servicemonitor") == ["callwarden-operator-metrics"]
+    assert operator_services("podmonitor") == operator_services("default") == []
+
+
+def test_both_monitors_at_once_are_refused(kube: Kube) -> None:
+    both = ["--set", "metrics.serviceMonitor.enabled=true", "--set", "metrics.podMonitor.enabled=true"]
+    result = kube.run_helm("template", "callwarden", str(CHART), *both, check=False)
+    assert result.returncode != 0
+    assert "enable metrics.serviceMonitor or metrics.podMonitor, not both" in result.stderr
+
+
+def notes(cluster: Kube, *settings: str) -> str:
+    """NOTES.txt as `helm install` prints it (a server dry run: nothing is installed)."""
+    args = ["install", "callwarden", str(CHART), "--namespace", NAMESPACE, "--dry-run=server"]
+    for setting in settings:
+        args += ["--set", setting]
+    output = cluster.run_helm(*args).stdout
+    assert "NOTES:" in output
+    return output.split("NOTES:", 1)[1]
+
+
+def test_notes_tell_the_installer_how_to_check_enforcement(cluster: Kube) -> None:
+    text = notes(cluster)
+    assert "kubectl get mcpservers --all-namespaces" in text
+    assert "ENFORCED" in text and ".status.enforcement.reason" in text
+    assert f"kubectl -n {NAMESPACE} rollout status deployment/callwarden-operator" in text
+    assert f"kubectl -n {NAMESPACE} rollout status deployment/callwarden-extauthz" in text
+    assert "mesh.mode=none: the operator wires no Envoy" in text
+
+
+@pytest.mark.parametrize(
+    ("settings", "said"),
+    [
+        (("mesh.mode=istio",), 'the extension provider "callwarden-ext-authz"'),
+        (("mesh.mode=envoy-gateway",), "ReferenceGrant"),
+        (("mesh.mode=gateway",), "calls through the Service callwarden-gateway are checked"),
+        (
+            ("metrics.serviceMonitor.enabled=true",),
+            "ServiceMonitors callwarden-extauthz and callwarden-operator",
+        ),
+        (("metrics.podMonitor.enabled=true",), "PodMonitors callwarden-extauthz and callwarden-operator"),
+        ((), "set metrics.serviceMonitor.enabled=true"),
+    ],
+    ids=["istio", "envoy-gateway", "gateway", "servicemonitor", "podmonitor", "no-monitor"],
+)
+def test_notes_say_what_the_chosen_settings_still_need(
+    cluster: Kube, settings: tuple[str, ...], said: str
+) -> None:
+    assert said in notes(cluster, *settings)

@@ -13,7 +13,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
+import httpx2
 import pytest
 
 from callwarden.extauthz.decide import DECISION_HEADER, Answer, RequestView
@@ -131,13 +131,13 @@ def gateway_url(
 
 
 @pytest.fixture(scope="module")
-def client() -> Iterator[httpx.Client]:
-    with httpx.Client(trust_env=False, timeout=10) as running:
+def client() -> Iterator[httpx2.Client]:
+    with httpx2.Client(trust_env=False, timeout=10) as running:
         yield running
 
 
 def test_client_sent_callwarden_headers_are_removed_and_the_decision_id_set(
-    gateway_url: str, client: httpx.Client, upstream: RecordingUpstream, scripted: ScriptedDecision
+    gateway_url: str, client: httpx2.Client, upstream: RecordingUpstream, scripted: ScriptedDecision
 ) -> None:
     before = upstream.count
     forged = {"x-callwarden-forged": "admin", DECISION_HEADER: "forged", "X-Callwarden-Role": "root"}
@@ -160,7 +160,7 @@ def test_client_sent_callwarden_headers_are_removed_and_the_decision_id_set(
     ids=["tools-call", "not-utf8", "unicode-tricks", "nul-and-crlf", "at-the-limit"],
 )
 def test_body_bytes_reach_the_checker_exactly(
-    gateway_url: str, client: httpx.Client, scripted: ScriptedDecision, body: bytes
+    gateway_url: str, client: httpx2.Client, scripted: ScriptedDecision, body: bytes
 ) -> None:
     assert client.post(gateway_url + "/small", content=body).status_code == 200
     view = scripted.seen[-1]
@@ -168,7 +168,7 @@ def test_body_bytes_reach_the_checker_exactly(
 
 
 def test_an_over_limit_body_never_reaches_the_checker_or_the_upstream(
-    gateway_url: str, client: httpx.Client, upstream: RecordingUpstream, scripted: ScriptedDecision
+    gateway_url: str, client: httpx2.Client, upstream: RecordingUpstream, scripted: ScriptedDecision
 ) -> None:
     checked, received = len(scripted.seen), upstream.count
     response = client.post(gateway_url + "/small", content=b"x" * 1025)
@@ -177,7 +177,7 @@ def test_an_over_limit_body_never_reaches_the_checker_or_the_upstream(
 
 
 def test_a_denial_reaches_the_client_with_its_status_body_and_headers(
-    gateway_url: str, client: httpx.Client, upstream: RecordingUpstream
+    gateway_url: str, client: httpx2.Client, upstream: RecordingUpstream
 ) -> None:
     before = upstream.count
     response = client.post(gateway_url + "/finance/deny", content=TOOLS_CALL)
@@ -190,7 +190,7 @@ def test_a_denial_reaches_the_client_with_its_status_body_and_headers(
 
 
 def test_a_denial_with_status_200_reaches_the_client_as_200_and_never_the_upstream(
-    gateway_url: str, client: httpx.Client, upstream: RecordingUpstream
+    gateway_url: str, client: httpx2.Client, upstream: RecordingUpstream
 ) -> None:
     before = upstream.count
     response = client.post(gateway_url + "/finance/deny-ok", content=TOOLS_CALL)
@@ -211,7 +211,7 @@ def _closed_port() -> int:
 
 
 def test_envoy_fails_closed_with_503_when_the_checker_is_down(
-    upstream: RecordingUpstream, client: httpx.Client, tmp_path: Path
+    upstream: RecordingUpstream, client: httpx2.Client, tmp_path: Path
 ) -> None:
     servers = [mcp_server("finance", upstream.url, path_prefix="/finance")]
     bootstrap = render_bootstrap(servers, ext_authz=f"127.0.0.1:{_closed_port()}", transport="http")

@@ -208,10 +208,7 @@ def chart_rbac_kubeconfig(kube: KubeEnv, release: str, mode: str) -> Path:
 @pytest.fixture(scope="module")
 def cluster(kube: KubeEnv) -> KubeEnv:
     install_crds(kube)
-    kube.kubectl("apply", "-f", str(MESH_CRDS))
-    for path in sorted(MESH_CRDS.glob("*.yaml")):
-        name = yaml.safe_load(path.read_text())["metadata"]["name"]
-        kube.kubectl("wait", "--for=condition=Established", f"crd/{name}", "--timeout=60s")
+    install_crds(kube, MESH_CRDS)
     return kube
 
 

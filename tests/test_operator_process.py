@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import httpx2
 import pytest
 
 from callwarden.kube.bundles import DATA_KEY
@@ -44,12 +45,15 @@ _names = itertools.count()
 def operator(
     operator_kubeconfig: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[OperatorProcess]:
+    from tests.support.kube import free_port  # after pytest_plugins loaded it (assert rewriting)
+
     with OperatorProcess(
         operator_kubeconfig,
         tmp_path_factory.mktemp("operator"),
         identity="solo",
         lease_name="process-tests",
         resync_seconds=60,
+        metrics_port=free_port(),
     ) as process:
         process.wait_for_log("is now the leader")
         yield process
@@ -125,3 +129,18 @@ def test_deleting_the_server_removes_its_bundle(kube: KubeEnv, admin: Kube, name
         lambda: ready(admin, namespace, "toolpolicies", "guard", "TargetNotFound"), what="TargetNotFound"
     )
     assert json.dumps(policy["status"]["servers"]) == "[]"
+
+
+def test_the_leader_reports_its_lease_and_its_reconciles_as_metrics(
+    kube: KubeEnv, admin: Kube, namespace: str, operator: OperatorProcess
+) -> None:
+    kube.apply(*objects(namespace))
+    wait_for(lambda: ready(admin, namespace, "mcpservers", "finance"), what="McpServer Ready")
+    response = httpx2.get(f"http://127.0.0.1:{operator.metrics_port}/metrics", timeout=5, trust_env=False)
+    samples = {
+        line.rpartition(" ")[0]: float(line.rpartition(" ")[2])
+        for line in response.text.splitlines()
+        if line and not line.startswith("#")
+    }
+    assert samples["callwarden_operator_leader"] == 1.0
+    assert samples['callwarden_operator_reconciles_total{outcome="ok"}'] >= 1.0

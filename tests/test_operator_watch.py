@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import httpx
+import httpx2
 import pytest
 
 from callwarden.extauthz import metrics
@@ -182,7 +182,7 @@ def test_a_bundle_that_does_not_compile_keeps_the_last_good_one_and_is_reported(
     stack.kube.apply(rogue)
     try:
         wait_for(lambda: stack.running.watcher.health().degraded, timeout=15, what="degraded")
-        ready = httpx.get(f"http://127.0.0.1:{stack.running.http_port}/readyz", timeout=5)
+        ready = httpx2.get(f"http://127.0.0.1:{stack.running.http_port}/readyz", timeout=5)
         assert ready.status_code == 200
         assert "degraded" in ready.text and f"{namespace}/hand-made" in ready.text
         assert metric("callwarden_bundle_errors_total", reason="does-not-compile") > errors_before
@@ -262,8 +262,8 @@ def config_revision(objects: list[dict[str, Any]]) -> str:
 
 def readyz(port: int) -> str | None:
     try:
-        response = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2)
-    except httpx.HTTPError:
+        response = httpx2.get(f"http://127.0.0.1:{port}/readyz", timeout=2)
+    except httpx2.HTTPError:
         return None
     return response.text if response.status_code == 200 else None
 

@@ -14,7 +14,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-import httpx
+import httpx2
 import pytest
 
 from callwarden.authzen.api import ApiOptions, start_pdp
@@ -387,7 +387,7 @@ def enforce_remote(datapath: tuple[DataPath, RemotePdps], urls: Mapping[str, str
     return running
 
 
-def call(running: DataPath, name: str, tool: str, arguments: dict[str, Any]) -> httpx.Response:
+def call(running: DataPath, name: str, tool: str, arguments: dict[str, Any]) -> httpx2.Response:
     response = running.post(name, tools_call_body(tool, arguments), token=running.token(name))
     assert response.status_code == 200
     return response

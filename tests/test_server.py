@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
-import httpx
+import httpx2
 import pytest
 from envoy.service.auth.v3.external_auth_pb2 import CheckRequest, CheckResponse
 from envoy.service.auth.v3.external_auth_pb2_grpc import AuthorizationStub
@@ -88,8 +88,8 @@ def health_status(port: int, service: str) -> int:
         return int(answer.status)
 
 
-def http_get(server: RunningServer, path: str, **headers: str) -> httpx.Response:
-    with httpx.Client(trust_env=False) as client:
+def http_get(server: RunningServer, path: str, **headers: str) -> httpx2.Response:
+    with httpx2.Client(trust_env=False) as client:
         return client.get(f"http://127.0.0.1:{server.http_port}{path}", headers=headers)
 
 

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from typing import Any, Final, Protocol
 from urllib.parse import urlsplit
 
-import httpx
+import httpx2
 import orjson
 
 from callwarden.policy.model import McpServer
@@ -199,9 +199,9 @@ class RemoteAuthzenPdp:
         self._cache: _DecisionCache | None = None
         if decision_cache_seconds > 0:
             self._cache = _DecisionCache(decision_cache_seconds, cache_capacity, clock)
-        self._client = httpx.Client(
-            timeout=httpx.Timeout(timeout),
-            limits=httpx.Limits(
+        self._client = httpx2.Client(
+            timeout=httpx2.Timeout(timeout),
+            limits=httpx2.Limits(
                 max_connections=max_connections,
                 max_keepalive_connections=max_connections,
                 keepalive_expiry=30.0,
@@ -359,9 +359,9 @@ class RemoteAuthzenPdp:
                 if media_type != "application/json":
                     raise _malformed(f"content type {media_type or 'missing'!r} ({api})")
                 raw = _read_capped(response)
-        except httpx.TimeoutException as error:
+        except httpx2.TimeoutException as error:
             raise RemotePdpError("timeout", f"the AuthZEN PDP did not answer in time ({api})") from error
-        except httpx.HTTPError as error:
+        except httpx2.HTTPError as error:
             raise RemotePdpError("transport", f"the AuthZEN PDP cannot be reached ({api})") from error
         finally:
             self._observer.request_seconds(api, time.perf_counter() - started)
@@ -371,7 +371,7 @@ class RemoteAuthzenPdp:
             raise _malformed(f"not strict JSON: {error.reason} ({api})") from error
 
 
-def _read_capped(response: httpx.Response) -> bytes:
+def _read_capped(response: httpx2.Response) -> bytes:
     chunks: list[bytes] = []
     size = 0
     for chunk in response.iter_bytes():

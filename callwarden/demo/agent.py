@@ -27,6 +27,8 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 from mcp.types import CallToolRequest, CallToolRequestParams, CallToolResult, Implementation, TextContent
 
+from callwarden.demo.dpop import DpopAuth, DpopKey
+
 DENY_CODE: Final = -32001
 DECISION_ID_HEADER: Final = "x-callwarden-decision-id"
 CLIENT_INFO: Final = Implementation(name="callwarden-demo-agent", version="0.1.0")
@@ -237,22 +239,29 @@ async def run_agent_async(
     host: str | None = None,
     headers: Mapping[str, str] | None = None,
     timeout: float = 10.0,
+    dpop: DpopKey | None = None,
 ) -> AgentRun:
     """Drive `url` (an MCP endpoint, e.g. the gateway's http://127.0.0.1:<port>/mcp).
 
-    `token` goes in `Authorization: Bearer` (None sends no credentials). `host` overrides the Host
-    header, which is how one gateway listener routes to several McpServers by :authority. Steps
-    stop after a failed initialize or a transport failure; every step taken has an Outcome.
+    `token` goes in `Authorization: Bearer` (None sends no credentials), or, with a `dpop` key
+    (the token bound to it), in `Authorization: DPoP` with a proof on every request. `host`
+    overrides the Host header, which is how one gateway listener routes to several McpServers by
+    :authority. Steps stop after a failed initialize or a transport failure; every step taken has
+    an Outcome.
     """
     request_headers = {**(headers or {})}
-    if token is not None:
+    auth = DpopAuth(token, dpop) if token is not None and dpop is not None else None
+    if token is not None and auth is None:
         request_headers["Authorization"] = f"Bearer {token}"
     if host is not None:
         request_headers["Host"] = host
     log = _ExchangeLog()
     run = _Run(log)
     http = httpx2.AsyncClient(
-        headers=request_headers, timeout=httpx2.Timeout(timeout), event_hooks={"response": [log.on_response]}
+        headers=request_headers,
+        timeout=httpx2.Timeout(timeout),
+        event_hooks={"response": [log.on_response]},
+        auth=auth,
     )
     try:
         async with (
@@ -282,6 +291,9 @@ def run_agent(
     host: str | None = None,
     headers: Mapping[str, str] | None = None,
     timeout: float = 10.0,
+    dpop: DpopKey | None = None,
 ) -> AgentRun:
     """`run_agent_async` from synchronous code (a test, the demo CLI)."""
-    return anyio.run(partial(run_agent_async, url, token, calls, host=host, headers=headers, timeout=timeout))
+    return anyio.run(
+        partial(run_agent_async, url, token, calls, host=host, headers=headers, timeout=timeout, dpop=dpop)
+    )

@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import IO, Any, Final
 
-import httpx
+import httpx2
 
+from callwarden.demo.dpop import DpopAuth, DpopKey
 from callwarden.demo.servers import RunningServers
 from callwarden.policy import approval as ap
 from callwarden.stores.approvals import ApprovalRecords
@@ -33,6 +34,7 @@ class ApprovalFlow:
     url: str
     host: str
     token: str
+    key: DpopKey | None  # the agent's DPoP key when the server takes DPoP (then the token is bound)
     store: ApprovalRecords
     store_path: str
 
@@ -46,7 +48,8 @@ def run_approval_flow(flow: ApprovalFlow, servers: RunningServers, out: IO[str])
         if not ok:
             surprises.append(f"approval flow: {what}")
 
-    with httpx.Client(timeout=15, trust_env=False) as http:
+    auth = DpopAuth(flow.token, flow.key) if flow.key is not None else None
+    with httpx2.Client(timeout=15, trust_env=False, auth=auth) as http:
         post = _poster(http, flow)
         task = post(1, "tools/call", {**TRANSFER, "_meta": TASKS_META}).get("result", {})
         task_id = str(task.get("taskId"))
@@ -79,13 +82,10 @@ def run_approval_flow(flow: ApprovalFlow, servers: RunningServers, out: IO[str])
     return surprises
 
 
-def _poster(http: httpx.Client, flow: ApprovalFlow) -> Callable[[int, str, dict[str, Any]], dict[str, Any]]:
-    headers = {
-        "host": flow.host,
-        "authorization": f"Bearer {flow.token}",
-        "accept": "application/json, text/event-stream",
-        "content-type": "application/json",
-    }
+def _poster(http: httpx2.Client, flow: ApprovalFlow) -> Callable[[int, str, dict[str, Any]], dict[str, Any]]:
+    headers = {"host": flow.host, "accept": "application/json, text/event-stream"}
+    if flow.key is None:
+        headers["authorization"] = f"Bearer {flow.token}"
 
     def post(request_id: int, method: str, params: dict[str, Any]) -> dict[str, Any]:
         message = {"jsonrpc": "2.0", "id": request_id, "method": method, "params": params}

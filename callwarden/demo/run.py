@@ -20,7 +20,8 @@ from typing import IO, Any, Final, Literal, Protocol
 
 from callwarden.demo.agent import AgentRun, Outcome, ToolCall, run_agent
 from callwarden.demo.approval import ApprovalFlow, run_approval_flow
-from callwarden.demo.issuers import RunningIssuers, start_issuers
+from callwarden.demo.dpop import DpopKey
+from callwarden.demo.issuers import LocalIssuer, RunningIssuers, start_issuers
 from callwarden.demo.servers import RunningServers, start_servers
 from callwarden.extauthz.approvals import approval_desk
 from callwarden.extauthz.service import Gateway, start_gateway
@@ -44,7 +45,8 @@ class Session:
     roles: tuple[str, ...]
     calls: tuple[tuple[ToolCall, str], ...]  # each call with the outcome the scenario expects
     client_id: str = AGENT
-    credential: Literal["valid", "none", "expired"] = "valid"  # which token the agent presents
+    # Which token the agent presents; "stolen": a DPoP-bound token replayed as Bearer, without its key.
+    credential: Literal["valid", "none", "expired", "stolen"] = "valid"
 
 
 SCENARIO: Final = (
@@ -103,6 +105,14 @@ SCENARIO: Final = (
         ((ToolCall("query_financials", {"period": "2026-Q3", "entity": "example-corp"}), "unauthenticated"),),
         credential="expired",
     ),
+    Session(
+        "stolen DPoP-bound token, finance",
+        "finance",
+        "alice",
+        ("analyst",),
+        ((ToolCall("query_financials", {"period": "2026-Q3", "entity": "example-corp"}), "unauthenticated"),),
+        credential="stolen",
+    ),
 )
 
 
@@ -151,14 +161,19 @@ def localize(config: Config, servers: Upstreams, issuers: Issuers) -> Config:
     return config_from_objects(objects)
 
 
-def _token(session: Session, issuers: RunningIssuers, bundle: Bundle) -> str | None:
+def agent_credentials(
+    session: Session, resource: str, dpop_mode: str, issuer: LocalIssuer
+) -> tuple[str | None, DpopKey | None]:
+    """The token the session's agent presents, and the key it proves possession with (None:
+    it presents the token as Bearer). A server that takes DPoP gets tokens bound to the agent's
+    key (`cnf.jkt`, RFC 9449 §6); a "stolen" token is such a token without its key."""
     if session.credential == "none":
-        return None
-    resource = bundle.servers[f"{NAMESPACE}/{session.server}"].server.spec.resource
+        return None, None
+    key = None if dpop_mode == "disabled" else DpopKey.generate()
+    bound = {"cnf": {"jkt": key.jkt}} if key is not None else None
     ttl = -120 if session.credential == "expired" else 300
-    return issuers[session.server].mint(
-        session.sub, resource, session.client_id, roles=session.roles, ttl=ttl
-    )
+    token = issuer.mint(session.sub, resource, session.client_id, roles=session.roles, ttl=ttl, extra=bound)
+    return token, None if session.credential == "stolen" else key
 
 
 def _run_session(session: Session, gateway: Gateway, issuers: RunningIssuers, bundle: Bundle) -> AgentRun:
@@ -166,7 +181,10 @@ def _run_session(session: Session, gateway: Gateway, issuers: RunningIssuers, bu
     path = server.spec.route.path_prefix
     host = server.spec.route.hosts[0] if server.spec.route.hosts else None
     calls = [call for call, _ in session.calls]
-    return run_agent(gateway.url + path, _token(session, issuers, bundle), calls, host=host)
+    token, key = agent_credentials(
+        session, server.spec.resource, server.spec.dpop.mode, issuers[session.server]
+    )
+    return run_agent(gateway.url + path, token, calls, host=host, dpop=key)
 
 
 def _reason(outcome: Outcome, decisions: Mapping[str, Mapping[str, Any]]) -> str:
@@ -228,13 +246,15 @@ def run_demo(config_dir: Path = EXAMPLE, out: IO[str] = sys.stdout) -> int:
                         key = (session.server, call.tool)
                         expected_executions[key] = expected_executions.get(key, 0) + 1
             finance = bundle.servers[f"{NAMESPACE}/finance"].server
-            token = issuers["finance"].mint(
-                "alice", finance.spec.resource, AGENT, roles=("analyst",), ttl=300
+            reviewer_session = Session("approval flow", "finance", "alice", ("analyst",), ())
+            token, agent_key = agent_credentials(
+                reviewer_session, finance.spec.resource, finance.spec.dpop.mode, issuers["finance"]
             )
+            assert token is not None  # a valid credential always has a token
             url = gateway.url + finance.spec.route.path_prefix
             flow = io.StringIO()  # printed after the scenario's table
             approval_surprises = run_approval_flow(
-                ApprovalFlow(url, finance.spec.route.hosts[0], token, store, store_path), servers, flow
+                ApprovalFlow(url, finance.spec.route.hosts[0], token, agent_key, store, store_path), servers, flow
             )
             expected_executions[("finance", "transfer_funds")] = 1
             gateway.ext_authz.decision_log.flush()

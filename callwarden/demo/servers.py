@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Final
 
-import httpx
+import httpx2
 import uvicorn
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.transport_security import TransportSecuritySettings
@@ -315,7 +315,7 @@ def start_servers(ports: Mapping[str, int] | None = None) -> RunningServers:
 
 def read_calls(base_url: str, *, timeout: float = 5.0) -> dict[str, Any]:
     """The `/_calls` document of the demo server at `base_url`, which may run in another process."""
-    response = httpx.get(base_url + CALLS_PATH, timeout=timeout)
+    response = httpx2.get(base_url + CALLS_PATH, timeout=timeout)
     response.raise_for_status()
     document: dict[str, Any] = response.json()
     return document

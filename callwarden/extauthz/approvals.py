@@ -103,6 +103,8 @@ class ApprovalDesk:
         verdict: Verdict,
         claims: Mapping[str, Any],
         revision: str,
+        *,
+        cnf: Mapping[str, Any] | None = None,
     ) -> Handled | None:
         """The answer to a tools/call denied requestably, or None to deny it plainly (it cannot be bound)."""
         held = [(r, d) for r, d in zip(verdict.requests, verdict.decisions, strict=True) if not d.allowed]
@@ -124,7 +126,7 @@ class ApprovalDesk:
             if call != (server.key, verdict.tool, digest) or current.binding_hash != hashed:
                 continue
             if current.state == "approved" and current.execution == "none":
-                ran = self._run_retry(server, current, verdict.params, claims, request_id)
+                ran = self._run_retry(server, current, verdict.params, claims, request_id, cnf=cnf)
                 if ran is not None:
                     return ran
             elif current.state == "pending":
@@ -209,12 +211,14 @@ class ApprovalDesk:
         params: Mapping[str, Any],
         claims: Mapping[str, Any],
         request_id: Any,
+        *,
+        cnf: Mapping[str, Any] | None = None,
     ) -> Handled | None:
         """An identical retry after approval: re-evaluate, claim, run. None: this record cannot serve it."""
         approval = record.approval()
         if approval is None:
             return None
-        verdict = decide_with_approval(server, params, claims, approval)
+        verdict = decide_with_approval(server, params, claims, approval, cnf)
         if not _permits(server, verdict, approval):
             return None
         try:
@@ -247,7 +251,14 @@ class ApprovalDesk:
     # -- tasks/get, tasks/cancel ----------------------------------------------------------
 
     def task_method(
-        self, server: CompiledServer, method: str, request_id: Any, params: Any, claims: Mapping[str, Any]
+        self,
+        server: CompiledServer,
+        method: str,
+        request_id: Any,
+        params: Any,
+        claims: Mapping[str, Any],
+        *,
+        cnf: Mapping[str, Any] | None = None,
     ) -> Handled | None:
         """The answer to tasks/get or tasks/cancel for one of callwarden's tasks; None for any other task."""
         task_id = params.get("taskId") if isinstance(params, Mapping) else None
@@ -260,7 +271,7 @@ class ApprovalDesk:
             )
         if method == "tasks/cancel":
             return self._cancel(record, request_id)
-        return self._get(server, record, request_id, claims)
+        return self._get(server, record, request_id, claims, cnf=cnf)
 
     def _originated(
         self, server: CompiledServer, record: ap.AccessRequestRecord, claims: Mapping[str, Any]
@@ -298,6 +309,8 @@ class ApprovalDesk:
         record: ap.AccessRequestRecord,
         request_id: Any,
         claims: Mapping[str, Any],
+        *,
+        cnf: Mapping[str, Any] | None = None,
     ) -> Handled:
         now = self.clock()
         current = ap.expire_if_due(record, now)
@@ -308,7 +321,7 @@ class ApprovalDesk:
         if current.state == "pending" and current.remote is not None:
             current = self._poll_remote(server, current)
         if current.state == "approved" and current.execution == "none":
-            return self._complete(server, current, request_id, claims)
+            return self._complete(server, current, request_id, claims, cnf=cnf)
         answer = tasks.task_result(current, self.settings.poll_interval_ms)
         return Handled(
             False, f"approval:task-{answer['status']}", current, tasks.response(request_id, answer)
@@ -320,11 +333,13 @@ class ApprovalDesk:
         record: ap.AccessRequestRecord,
         request_id: Any,
         claims: Mapping[str, Any],
+        *,
+        cnf: Mapping[str, Any] | None = None,
     ) -> Handled:
         """The first tasks/get after approval: re-evaluate the bound call now, claim it, run it once."""
         approval = record.approval()
         assert approval is not None  # an approved record has its approval
-        verdict = decide_with_approval(server, record.call, claims, approval)
+        verdict = decide_with_approval(server, record.call, claims, approval, cnf)
         if not _permits(server, verdict, approval):
             why = (
                 verdict.error.message

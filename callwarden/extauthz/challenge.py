@@ -9,6 +9,8 @@ here so that no header value can carry a quote, a backslash or a line break.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 
 class TokenRejected(Exception):
     """The request's credentials are not acceptable: answer 401 with `www_authenticate`.
@@ -60,3 +62,35 @@ def www_authenticate(resource_metadata_url: str, rejected: TokenRejected) -> str
         f'{challenge}, error="{_description_text(rejected.error)}", '
         f'error_description="{_description_text(rejected.description)}"'
     )
+
+
+def _error_fields(error: str | None, description: str) -> str:
+    if error is None:
+        return ""
+    return f', error="{_description_text(error)}", error_description="{_description_text(description)}"'
+
+
+def dpop_www_authenticate(
+    resource_metadata_url: str,
+    *,
+    algorithms: Sequence[str],
+    offer_bearer: bool,
+    attempted: str,
+    error: str | None,
+    description: str,
+) -> str:
+    """The challenges of a 401 from a server that accepts DPoP (RFC 9449 §7.1, RFC 9728 §5.1).
+
+    `DPoP algs="..."` always, preceded by `Bearer` when bearer tokens are accepted too; the
+    error fields go on the scheme the request `attempted` ("bearer" or "dpop"), or on the
+    offered scheme when the attempted one is not (a bearer token where only DPoP is accepted).
+    With no credentials (`error` None) neither carries an error (RFC 6750 §3.1).
+    """
+    metadata = f"resource_metadata={_quoted_url(resource_metadata_url)}"
+    on_bearer = offer_bearer and attempted == "bearer"
+    dpop = f'DPoP {metadata}, algs="{_description_text(" ".join(algorithms))}"'
+    dpop += "" if on_bearer else _error_fields(error, description)
+    if not offer_bearer:
+        return dpop
+    bearer = f"Bearer {metadata}" + (_error_fields(error, description) if on_bearer else "")
+    return f"{bearer}, {dpop}"

@@ -25,11 +25,13 @@ from envoy.service.auth.v3.external_auth_pb2 import CheckRequest, CheckResponse
 from callwarden.extauthz import metrics
 from callwarden.extauthz.approvals import ApprovalDesk, Handled
 from callwarden.extauthz.audit import DecisionLog, new_decision_id
+from callwarden.extauthz.credentials import Authenticator, Unauthenticated
+from callwarden.extauthz.dpop import DpopRuntime, DpopVerifier
 from callwarden.extauthz.extproc import HOOK_HEADER, Hooks
 from callwarden.extauthz.jsonrpc import BodyRejected, JsonRpcMessage, parse_body
 from callwarden.extauthz.responses import CHECKER_FAILED_BODY, allow_response, deny_response
 from callwarden.extauthz.tasks import TASK_METHODS
-from callwarden.extauthz.token import JwksStore, TokenRejected, TokenValidator, www_authenticate
+from callwarden.extauthz.token import JwksStore, TokenValidator
 from callwarden.policy.bundle import Bundle, CompiledServer
 from callwarden.policy.decide import DENIED, JsonRpcError, Verdict, decide_messages, deciding_reasons
 
@@ -46,15 +48,28 @@ JSON_CONTENT_TYPE: Final = {"content-type": "application/json"}
 
 @dataclass(frozen=True)
 class EnforcementState:
-    """A bundle and the token validators built for it; swapped as one reference."""
+    """A bundle and the Layer 1 authenticators built for it; swapped as one reference."""
 
     bundle: Bundle
-    validators: Mapping[str, TokenValidator]
+    authenticators: Mapping[str, Authenticator]
 
     @classmethod
-    def build(cls, bundle: Bundle, jwks: JwksStore) -> EnforcementState:
-        validators = {key: TokenValidator(s.server, jwks) for key, s in bundle.servers.items()}
-        return cls(bundle, validators)
+    def build(cls, bundle: Bundle, jwks: JwksStore, dpop: DpopRuntime | None = None) -> EnforcementState:
+        """`dpop` is the process's nonce keys and replay cache, kept across swaps; without one
+        (benchmarks, one-off checks) a single-process runtime is made here."""
+        runtime = dpop or DpopRuntime.single_process()
+        authenticators = {key: _authenticator(s, jwks, runtime) for key, s in bundle.servers.items()}
+        return cls(bundle, authenticators)
+
+
+def _authenticator(server: CompiledServer, jwks: JwksStore, dpop: DpopRuntime) -> Authenticator:
+    spec = server.server.spec
+    return Authenticator(
+        TokenValidator(server.server, jwks),
+        DpopVerifier(server.key, spec.dpop, dpop),
+        spec.dpop,
+        server.resource_metadata_url,
+    )
 
 
 @dataclass(frozen=True)
@@ -83,6 +98,7 @@ class Answer:
     body: bytes
     headers: Mapping[str, str]
     headers_to_remove: tuple[str, ...] = ()
+    client_headers: Mapping[str, str] = field(default_factory=dict)  # an allow's, to the client
 
 
 def view_of(request: CheckRequest) -> RequestView:
@@ -138,7 +154,7 @@ class Enforcer:
         """The gRPC adapter."""
         answer = self.decide(view_of(request))
         if answer.allowed:
-            return allow_response(answer.headers, answer.headers_to_remove)
+            return allow_response(answer.headers, answer.headers_to_remove, answer.client_headers)
         return deny_response(answer.status, answer.body, answer.headers)
 
     def decide(self, request: RequestView) -> Answer:
@@ -163,7 +179,7 @@ class Enforcer:
             added = {DECISION_HEADER: decision_id}
             if outcome.hook is not None:  # a client-sent value is in `forged`, and replaced
                 added[HOOK_HEADER] = outcome.hook
-            return Answer(True, 200, b"", added, forged)
+            return Answer(True, 200, b"", added, forged, outcome.headers)
         return Answer(False, outcome.status, outcome.body, {**outcome.headers, DECISION_HEADER: decision_id})
 
     # -- the decision ------------------------------------------------------------------
@@ -181,16 +197,26 @@ class Enforcer:
             outcome.server = server.key
             outcome.headers["allow"] = "GET, POST, DELETE"  # RFC 9110 §15.5.6: a 405 lists what is allowed
             return outcome
-        validator = state.validators[server.key]
         try:
-            claims = validator.validate(headers.get("authorization"))
-        except TokenRejected as rejected:
-            return _unauthenticated(server, rejected, method)
+            credentials = state.authenticators[server.key].authenticate(
+                headers, method=http.method, authority=http.host, path=http.path
+            )
+        except Unauthenticated as refused:
+            return _unauthenticated(server, refused, method)
         if method != "POST":  # SSE stream (GET) and session end (DELETE) need Layer 1 only
-            return _Outcome(True, 200, reasons=("authenticated",), server=server.key, http_method=method)
-        return self._decide_body(server, http, claims)
+            outcome = _Outcome(True, 200, reasons=("authenticated",), server=server.key, http_method=method)
+        else:
+            outcome = self._decide_body(server, http, credentials.claims, credentials.cnf)
+        outcome.headers.update(credentials.response_headers)  # on an allow: to the client too
+        return outcome
 
-    def _decide_body(self, server: CompiledServer, http: RequestView, claims: Mapping[str, Any]) -> _Outcome:
+    def _decide_body(
+        self,
+        server: CompiledServer,
+        http: RequestView,
+        claims: Mapping[str, Any],
+        cnf: Mapping[str, Any] | None = None,
+    ) -> _Outcome:
         headers = http.headers
         status = server.server.spec.deny_http_status
         encoding = headers.get("content-encoding", "identity").strip().lower()
@@ -205,10 +231,12 @@ class Enforcer:
             return _body_denial(server, status, rejected.reason, rejected.message, rejected.code)
         first = body.messages[0]
         if self._approvals is not None and not body.is_batch and first.method in TASK_METHODS:
-            handled = self._approvals.task_method(server, first.method, first.id, first.params, claims)
+            handled = self._approvals.task_method(
+                server, first.method, first.id, first.params, claims, cnf=cnf
+            )
             if handled is not None:
                 return _handled(server, handled, [])
-        verdicts = decide_messages(server, body.messages, claims)
+        verdicts = decide_messages(server, body.messages, claims, cnf=cnf)
         if self._approvals is not None:
             held = self._held(
                 self._approvals,
@@ -217,6 +245,7 @@ class Enforcer:
                 is_batch=body.is_batch,
                 verdicts=verdicts,
                 claims=claims,
+                cnf=cnf,
             )
             if held is not None:
                 return held
@@ -245,6 +274,7 @@ class Enforcer:
         is_batch: bool,
         verdicts: list[Verdict],
         claims: Mapping[str, Any],
+        cnf: Mapping[str, Any] | None = None,
     ) -> _Outcome | None:
         """The approval workflow's answer for a decided body, or None to answer it as decided."""
         if all(v.allowed for v in verdicts):
@@ -258,7 +288,7 @@ class Enforcer:
         denied = next(v for v in verdicts if not v.allowed)
         if is_batch or not denied.requestable:
             return None
-        handled = desk.requestable(server, first.id, denied, claims, self._state.bundle.revision)
+        handled = desk.requestable(server, first.id, denied, claims, self._state.bundle.revision, cnf=cnf)
         return None if handled is None else _handled(server, handled, verdicts)
 
     # -- the log line -----------------------------------------------------------------
@@ -354,11 +384,11 @@ def _http_denial(status: int, message: str, reason: str, http_method: str) -> _O
     return outcome
 
 
-def _unauthenticated(server: CompiledServer, rejected: TokenRejected, http_method: str) -> _Outcome:
-    metrics.TOKEN_FAILURES.labels(reason=rejected.reason).inc()
-    outcome = _http_denial(401, rejected.description, f"token:{rejected.reason}", http_method)
+def _unauthenticated(server: CompiledServer, refused: Unauthenticated, http_method: str) -> _Outcome:
+    metrics.TOKEN_FAILURES.labels(reason=refused.reason).inc()
+    outcome = _http_denial(401, refused.description, f"token:{refused.reason}", http_method)
     outcome.server = server.key
-    outcome.headers["www-authenticate"] = www_authenticate(server.resource_metadata_url, rejected)
+    outcome.headers.update(refused.headers)
     return outcome
 
 

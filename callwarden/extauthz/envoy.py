@@ -30,7 +30,8 @@ from typing import IO, Any
 from urllib.parse import urlsplit
 
 from callwarden.extauthz.http_endpoints import split_host_port
-from callwarden.policy.model import McpServer
+from callwarden.policy.model import McpServer, resource_metadata_url
+from callwarden.policy.prm import protected_resource_metadata
 
 EXT_AUTHZ_CLUSTER = "callwarden_ext_authz"
 EXT_AUTHZ_FILTER = "envoy.filters.http.ext_authz"
@@ -193,7 +194,11 @@ def _exact(*names: str) -> dict[str, Any]:
 def _http_allowed_headers() -> dict[str, Any]:
     """The client headers Envoy copies into the HTTP check request, besides Host, Method, Path,
     Content-Length and Authorization, which it always sends."""
-    request_headers = _exact("content-type", "content-encoding", PARTIAL_BODY_HEADER)
+    # dpop and x-forwarded-proto: a DPoP proof is checked against the URI the client addressed,
+    # whose scheme this Envoy states in x-forwarded-proto (use_remote_address overwrites it).
+    request_headers = _exact(
+        "content-type", "content-encoding", PARTIAL_BODY_HEADER, "dpop", "x-forwarded-proto"
+    )
     # The client-sent x-callwarden-* names must reach the checker, which tells Envoy to strip them.
     request_headers["patterns"].append({"prefix": RESERVED_HEADER_PREFIX})
     return request_headers
@@ -211,7 +216,11 @@ def _http_service(address: str, timeout_seconds: float) -> dict[str, Any]:
         "authorization_response": {
             # Set on the upstream request, overwriting a client-sent value.
             "allowed_upstream_headers": _exact(DECISION_ID_HEADER, HOOK_HEADER),
-            "allowed_client_headers": _exact("content-type", "www-authenticate", "allow", DECISION_ID_HEADER),
+            "allowed_client_headers": _exact(
+                "content-type", "www-authenticate", "allow", "dpop-nonce", DECISION_ID_HEADER
+            ),
+            # A fresh DPoP nonce on an allowed request, before the client's expires.
+            "allowed_client_headers_on_success": _exact("dpop-nonce"),
         },
     }
 
@@ -331,6 +340,42 @@ def _route(server: McpServer) -> dict[str, Any]:
     }
 
 
+def _metadata_path(server: McpServer) -> str | None:
+    """Where this Envoy serves the server's RFC 9728 metadata: the path of its path-inserted
+    well-known URL; None when `protectedResourceMetadata.url` says it is served elsewhere."""
+    if server.spec.protected_resource_metadata.url is not None:
+        return None
+    return urlsplit(resource_metadata_url(server.spec.resource)).path
+
+
+def _metadata_route(server: McpServer, path: str) -> dict[str, Any]:
+    """The metadata document as a direct response: public, so ext_authz is off on this route."""
+    body = json.dumps(protected_resource_metadata(server.spec), separators=(",", ":"))
+    return {
+        "name": f"{server.key} protected resource metadata",
+        "match": {"path": path},
+        "direct_response": {"status": 200, "body": {"inline_string": body}},
+        "response_headers_to_add": [
+            {
+                "header": {"key": "content-type", "value": "application/json"},
+                "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+            }
+        ],
+        "typed_per_filter_config": {EXT_AUTHZ_FILTER: {"@type": _EXT_AUTHZ_PER_ROUTE_TYPE, "disabled": True}},
+    }
+
+
+def _metadata_routes(servers: Sequence[McpServer]) -> list[dict[str, Any]]:
+    """One metadata route per distinct path, the first server routed there winning (the same
+    precedence as its MCP route)."""
+    routes: dict[str, dict[str, Any]] = {}
+    for server in servers:
+        path = _metadata_path(server)
+        if path is not None and path not in routes:
+            routes[path] = _metadata_route(server, path)
+    return list(routes.values())
+
+
 def _virtual_hosts(servers: Sequence[McpServer]) -> list[dict[str, Any]]:
     """One virtual host per distinct host; servers with no hosts are routed under every host.
 
@@ -353,11 +398,12 @@ def _virtual_hosts(servers: Sequence[McpServer]) -> list[dict[str, Any]]:
             taken = routes.setdefault(path, (server, is_specific))
             if taken[0].key != server.key and taken[1] == is_specific:
                 raise ValueError(f"McpServers {taken[0].key} and {server.key} both claim {host}{path}")
+        served = [server for server, _ in routes.values()]
         virtual_hosts.append(
             {
                 "name": host,
                 "domains": _domains(host),
-                "routes": [_route(server) for server, _ in routes.values()],
+                "routes": _metadata_routes(served) + [_route(server) for server in served],
             }
         )
     return virtual_hosts

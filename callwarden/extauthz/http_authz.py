@@ -94,6 +94,8 @@ def _response(answer: Answer) -> bytes:
     status = DENIED_OK_STATUS if answer.status == 200 and not answer.allowed else answer.status
     lines = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Denied')}"]
     lines += [f"{name}: {_clean(value)}" for name, value in answer.headers.items()]
+    # An allow's headers for the client (Envoy's allowed_client_headers_on_success picks them).
+    lines += [f"{name}: {_clean(value)}" for name, value in answer.client_headers.items()]
     # Envoy removes after it sets: a name we set must not be in the removals (as allow_response).
     removed = [name for name in answer.headers_to_remove if name not in answer.headers]
     if removed:

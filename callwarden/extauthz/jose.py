@@ -41,7 +41,7 @@ KNOWN_ALGORITHMS: Final = frozenset(
     {"none", "HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512",
      "ES256", "ES384", "ES512", "ES256K", "EdDSA", "Ed25519", "Ed448"}
 )  # fmt: skip
-_PRIVATE_MEMBERS: Final = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
+PRIVATE_MEMBERS: Final = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
 
 # --- base64url ------------------------------------------------------------------------------
 
@@ -222,7 +222,7 @@ def parse_jwk(jwk: Any) -> Jwk:
     kid = jwk.get("kid")
     if kid is not None and not isinstance(kid, str):
         raise JwkIgnored("kid is not a string")
-    if _PRIVATE_MEMBERS & jwk.keys():
+    if PRIVATE_MEMBERS & jwk.keys():
         raise JwkIgnored("entry carries private key material")
     use = jwk.get("use")
     if use is not None and use != "sig":

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
-import httpx
+import httpx2
 
 from callwarden.extauthz import metrics
 from callwarden.extauthz.challenge import TokenRejected, invalid_token
@@ -180,7 +180,7 @@ class JwksStore:
         self.max_bytes = max_bytes
         # No redirects (the configured URI is the trust anchor), no compression (the size cap
         # must apply to what is parsed, and a small gzip body can inflate enormously).
-        self._client = httpx.Client(
+        self._client = httpx2.Client(
             timeout=timeout,
             follow_redirects=False,
             headers={"accept": "application/jwk-set+json, application/json", "accept-encoding": "identity"},

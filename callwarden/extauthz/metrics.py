@@ -54,6 +54,11 @@ AUDIT_BACKLOG_EVENTS: Final = Counter(
     "Decisions recorded while the decision log queue was full (kept, not dropped).",
     registry=REGISTRY,
 )
+DPOP_REPLAY_EVICTIONS: Final = Counter(
+    "callwarden_dpop_replay_evictions_total",
+    "DPoP jti entries evicted from a full replay cache before they expired (replay then rests on iat).",
+    registry=REGISTRY,
+)
 # A remote AuthZEN PDP (`spec.pdp.authzen`), from a pooled loopback answer to its timeout.
 PDP_REQUEST_SECONDS: Final = Histogram(
     "callwarden_pdp_request_seconds",

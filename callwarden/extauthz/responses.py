@@ -29,8 +29,13 @@ _RPC_UNAUTHENTICATED = 16
 _OVERWRITE = HeaderValueOption.HeaderAppendAction.OVERWRITE_IF_EXISTS_OR_ADD
 
 
-def allow_response(headers_to_add: Mapping[str, str], headers_to_remove: Sequence[str] = ()) -> CheckResponse:
-    """Let the request through with `headers_to_add` set (overwriting any client-sent value).
+def allow_response(
+    headers_to_add: Mapping[str, str],
+    headers_to_remove: Sequence[str] = (),
+    client_headers: Mapping[str, str] | None = None,
+) -> CheckResponse:
+    """Let the request through with `headers_to_add` set (overwriting any client-sent value),
+    and `client_headers` added to the response the client gets (e.g. a fresh `DPoP-Nonce`).
 
     `headers_to_add` must carry `x-callwarden-decision-id`: every allowed request is traceable to
     its decision log line. `headers_to_remove` are the client-sent `x-callwarden-*` names; a name
@@ -49,6 +54,11 @@ def allow_response(headers_to_add: Mapping[str, str], headers_to_remove: Sequenc
         option.header.value = value
         option.append_action = _OVERWRITE
     ok.headers_to_remove.extend(sorted(removed))
+    for name, value in (client_headers or {}).items():
+        option = ok.response_headers_to_add.add()
+        option.header.key = name.lower()
+        option.header.value = value
+        option.append_action = _OVERWRITE
     return response
 
 

@@ -17,6 +17,7 @@ from typing import IO
 from callwarden.extauthz.approvals import ApprovalCompletion, ApprovalDesk
 from callwarden.extauthz.audit import DecisionLog
 from callwarden.extauthz.decide import EnforcementState, Enforcer
+from callwarden.extauthz.dpop import DpopRuntime
 from callwarden.extauthz.envoy import EnvoyProcess, render_bootstrap
 from callwarden.extauthz.extproc import BodyHook, ExternalProcessor, Hooks
 from callwarden.extauthz.http_authz import HttpAuthzServer
@@ -33,6 +34,7 @@ class ExtAuthz:
     enforcer: Enforcer
     decision_log: DecisionLog
     jwks: JwksStore
+    dpop: DpopRuntime
     http_authz: HttpAuthzServer | None = None
 
     @property
@@ -48,7 +50,7 @@ class ExtAuthz:
 
     def swap(self, bundle: Bundle) -> None:
         """Enforce `bundle` from the next check on; in-flight checks finish on the old one."""
-        self.enforcer.swap(EnforcementState.build(bundle, self.jwks))
+        self.enforcer.swap(EnforcementState.build(bundle, self.jwks, self.dpop))
 
 
 ReadyCheck = Callable[[], tuple[bool, str]]
@@ -87,6 +89,7 @@ def start_extauthz(
     http_authz_listen: str | None = None,
     hooks: Sequence[BodyHook] | None = None,
     approvals: ApprovalDesk | None = None,
+    dpop: DpopRuntime | None = None,
 ) -> Iterator[ExtAuthz]:
     """Serve Envoy's Check for `bundle` until the block exits; the decision log is flushed then.
 
@@ -99,6 +102,8 @@ def start_extauthz(
     ext_proc beside Check, over the same enforcement state. `approvals` runs the approval
     workflow (held calls, MCP tasks, exactly-once completion through its ext_proc hook); the
     bundle's PDPs must then have been compiled with the same store's `BoundApprovals`.
+    `dpop` holds the DPoP nonce keys (from the Secret every replica mounts) and the replay
+    cache; by default a random key, which only this process accepts nonces of.
     """
     with ExitStack() as stack:
         if jwks is None:
@@ -106,12 +111,14 @@ def start_extauthz(
             stack.callback(jwks.close)
         decision_log = DecisionLog(stream=audit_stream, path=audit_path)
         stack.callback(decision_log.close)
+        if dpop is None:
+            dpop = DpopRuntime.single_process()
         if approvals is not None:
             approvals.warm()
             stack.callback(approvals.close)
         chosen = tuple(default_hooks() if hooks is None else hooks)
         registered = Hooks(chosen if approvals is None else (*chosen, ApprovalCompletion(approvals)))
-        enforcer = Enforcer(EnforcementState.build(bundle, jwks), decision_log, registered, approvals)
+        enforcer = Enforcer(EnforcementState.build(bundle, jwks, dpop), decision_log, registered, approvals)
         checks = tuple(ready_checks)
         server = serve(
             enforcer,
@@ -127,7 +134,7 @@ def start_extauthz(
         if http_authz_listen is not None:
             http_authz = HttpAuthzServer(enforcer.decide, http_authz_listen)
             stack.callback(http_authz.stop)
-        yield ExtAuthz(server, enforcer, decision_log, jwks, http_authz)
+        yield ExtAuthz(server, enforcer, decision_log, jwks, dpop, http_authz)
 
 
 @dataclass

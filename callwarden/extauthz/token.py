@@ -175,7 +175,10 @@ class TokenValidator:
 
     def validate(self, authorization: str | None) -> dict[str, Any]:
         """The validated claims of the request's bearer token, or TokenRejected."""
-        token = _bearer_token(authorization)
+        return self.validate_token(_bearer_token(authorization))
+
+    def validate_token(self, token: str) -> dict[str, Any]:
+        """The validated claims of an access token however it was presented (Bearer, DPoP)."""
         digest = hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
         entry = self._cache.get(digest)
         if entry is not None:
@@ -330,17 +333,27 @@ class TokenValidator:
         )
 
 
-def _bearer_token(authorization: str | None) -> str:
+def split_authorization(authorization: str | None) -> tuple[str, str]:
+    """(scheme in lowercase, token) of an Authorization header; TokenRejected when there is
+    none or it is oversized. The scheme is "" when it is not ASCII."""
     if authorization is None:
         raise TokenRejected(None, "no access token", reason="missing")
     if len(authorization) > MAX_AUTHORIZATION_CHARS:
         raise invalid_token(f"token larger than {MAX_AUTHORIZATION_CHARS} characters", "too-large")
     scheme, _, token = authorization.partition(" ")
-    lowered = scheme.lower() if scheme.isascii() else ""
-    if lowered == "bearer":
+    return (scheme.lower() if scheme.isascii() else ""), token
+
+
+def _bearer_token(authorization: str | None) -> str:
+    scheme, token = split_authorization(authorization)
+    if scheme == "bearer":
         return token
-    if lowered == "dpop":
-        raise TokenRejected("invalid_request", "DPoP-bound tokens are not supported yet", reason="dpop")
+    if scheme == "dpop":
+        raise TokenRejected(
+            "invalid_request",
+            "DPoP-bound tokens are not accepted by this server (spec.dpop.mode is disabled)",
+            reason="dpop",
+        )
     raise TokenRejected("invalid_request", "unsupported authorization scheme", reason="scheme")
 
 

@@ -34,6 +34,7 @@ from prometheus_client import Counter
 from callwarden.authzen.client import RemotePdps
 from callwarden.extauthz import metrics
 from callwarden.extauthz.approvals import ApprovalDesk
+from callwarden.extauthz.dpop import DpopRuntime
 from callwarden.extauthz.server import DEFAULT_WORKERS, ServerTls
 from callwarden.extauthz.service import ExtAuthz, start_extauthz
 from callwarden.kube.bundles import (
@@ -346,6 +347,7 @@ def start_kubernetes_extauthz(
     workers: int = DEFAULT_WORKERS,
     tls: ServerTls | None = None,
     approvals: ApprovalDesk | None = None,
+    dpop: DpopRuntime | None = None,
 ) -> Iterator[KubernetesExtAuthz]:
     """ext_authz serving the bundle the API server holds, following it until the block exits.
 
@@ -372,6 +374,7 @@ def start_kubernetes_extauthz(
             ready_checks=(watcher.readiness,),
             tls=tls,
             approvals=approvals,
+            dpop=dpop,
         ) as ext_authz,
     ):
         watcher.swap = ext_authz.swap

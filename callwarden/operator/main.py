@@ -20,6 +20,7 @@ from typing import Any
 import kopf
 
 from callwarden.kube.client import Kube, configuration, new_api_client
+from callwarden.operator import metrics
 from callwarden.operator.discovery import Discoverer
 from callwarden.operator.leader import LeaderElector
 from callwarden.operator.mesh import MeshOptions, MeshWiring
@@ -40,6 +41,7 @@ class OperatorOptions:
     retry_period: float = 2.0
     resync_seconds: float = 60.0
     liveness: str | None = None
+    metrics_listen: str | None = None  # host:port of /metrics (operator/metrics.py); None: not served
     mesh: MeshOptions = field(default_factory=MeshOptions)
 
 
@@ -124,6 +126,7 @@ async def run_operator(options: OperatorOptions) -> None:
     )
 
     def leadership_changed(leader: bool) -> None:
+        metrics.LEADER.set(1 if leader else 0)
         if leader:
             loop.call_soon_threadsafe(reconciler.request_all)
 
@@ -137,6 +140,7 @@ async def run_operator(options: OperatorOptions) -> None:
         retry_period=options.retry_period,
         on_change=leadership_changed,
     )
+    stop_metrics = metrics.serve(options.metrics_listen) if options.metrics_listen else None
     elector.start()
     worker = asyncio.create_task(reconciler.run(), name="callwarden-reconciler")
     discovering = asyncio.create_task(discoverer.run(is_leader), name="callwarden-discovery")
@@ -152,4 +156,6 @@ async def run_operator(options: OperatorOptions) -> None:
         worker.cancel()
         discovering.cancel()
         await asyncio.to_thread(elector.stop)
+        if stop_metrics is not None:
+            await asyncio.to_thread(stop_metrics)
         log.info("operator %s stopped", identity)

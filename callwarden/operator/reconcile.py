@@ -23,6 +23,7 @@ from kubernetes.client.exceptions import ApiException
 
 from callwarden.kube.bundles import BUNDLE_SELECTOR, MANAGED_BY_LABEL, MANAGER, REVISION_ANNOTATION
 from callwarden.kube.client import Kube, describe_error, event_body
+from callwarden.operator import metrics
 from callwarden.operator.discovery import Discoverer
 from callwarden.operator.mesh import MeshWiring
 from callwarden.operator.plan import NamespacePlan, StatusUpdate, plan_namespace
@@ -112,9 +113,11 @@ class Reconciler:
         try:
             await asyncio.to_thread(self.reconcile_namespace, namespace)
         except NotLeader:
+            metrics.RECONCILES.labels(outcome="lost-lease").inc()
             log.info("reconcile %s: no longer the leader; stopping", namespace)
             return False
         except Exception as error:
+            metrics.RECONCILES.labels(outcome="error").inc()
             failures = self._failures.get(namespace, 0) + 1
             self._failures[namespace] = failures
             delay = min(MAX_RETRY_DELAY, 0.5 * 2 ** (failures - 1))
@@ -123,6 +126,7 @@ class Reconciler:
             )
             asyncio.get_running_loop().call_later(delay, self.request, namespace)
             return True
+        metrics.RECONCILES.labels(outcome="ok").inc()
         self._failures.pop(namespace, None)
         return True
 

@@ -62,8 +62,12 @@ def decide(
     method: str,
     params: Mapping[str, Any] | list[Any] | None,
     claims: Mapping[str, Any],
+    *,
+    cnf: Mapping[str, Any] | None = None,
 ) -> Verdict:
     """Decide one JSON-RPC request or notification. Never raises: every failure denies.
+
+    `cnf` is the proven key of a DPoP request (`context.cnf` of every AuthZEN request).
 
     `params` as the message carries them: positional params (a list) are denied here, because no
     mapping can read them and deciding the call as if it had none would authorize something else.
@@ -71,7 +75,7 @@ def decide(
     if isinstance(params, list):
         error = JsonRpcError(DENIED, f"method {method!r}: params must be an object")
         return Verdict(False, method, None, error, ("positional-params",))
-    result = server.mapping.map(method, params, claims)
+    result = server.mapping.map(method, params, claims, cnf=cnf)
     if isinstance(result, PassThrough):
         return Verdict(True, method, None, None, ("pass-through",))
     if isinstance(result, UnknownMethod):
@@ -84,13 +88,18 @@ def decide(
 
 
 def decide_with_approval(
-    server: CompiledServer, params: Mapping[str, Any], claims: Mapping[str, Any], approval: Mapping[str, Any]
+    server: CompiledServer,
+    params: Mapping[str, Any],
+    claims: Mapping[str, Any],
+    approval: Mapping[str, Any],
+    cnf: Mapping[str, Any] | None = None,
 ) -> Verdict:
     """Decide a `tools/call` again with an ARAP approval placed, unchanged, at `context.approval`
-    of every request its mapping produces (ARAP §4.4 re-evaluation); never raises."""
-    result = server.mapping.map("tools/call", params, claims)
+    of every request its mapping produces (ARAP §4.4 re-evaluation); never raises. `cnf` is the
+    current request's proven DPoP key, as for `decide`: an approval bound to one key needs it."""
+    result = server.mapping.map("tools/call", params, claims, cnf=cnf)
     if not isinstance(result, AuthorizationRequests):
-        return decide(server, "tools/call", params, claims)
+        return decide(server, "tools/call", params, claims, cnf=cnf)
     approved = tuple(
         {**r, "context": {**r.get("context", {}), "approval": dict(approval)}} for r in result.requests
     )
@@ -152,7 +161,11 @@ class Message(Protocol):
 
 
 def decide_messages(
-    server: CompiledServer, messages: Sequence[Message], claims: Mapping[str, Any]
+    server: CompiledServer,
+    messages: Sequence[Message],
+    claims: Mapping[str, Any],
+    *,
+    cnf: Mapping[str, Any] | None = None,
 ) -> list[Verdict]:
     """One verdict per message of a body; the body is allowed only if every verdict is.
 
@@ -162,7 +175,7 @@ def decide_messages(
     return [
         Verdict(True, "response", None, None, ("response",))
         if message.method is None
-        else decide(server, message.method, message.params, claims)
+        else decide(server, message.method, message.params, claims, cnf=cnf)
         for message in messages
     ]
 

@@ -169,6 +169,46 @@ class Pdp(Spec):
     authzen: AuthzenPdp | None = None
 
 
+DpopMode = Literal["disabled", "allowed", "required"]
+
+
+class DpopNonce(Spec):
+    """Server-issued DPoP nonces (RFC 9449 §9), stateless: any replica verifies any other's."""
+
+    enabled: bool = Field(
+        default=False,
+        description="Require a server nonce in every proof (401 use_dpop_nonce with DPoP-Nonce until "
+        "the client sends one). Bounds replay across replicas to the nonce lifetime (maxAge to 2 x maxAge).",
+    )
+
+
+class Dpop(Spec):
+    """Sender-constrained tokens (RFC 9449): `Authorization: DPoP <token>` plus a proof per request."""
+
+    mode: DpopMode = Field(
+        default="disabled",
+        description="disabled: Bearer only; allowed: Bearer or DPoP; required: DPoP only. A token bound "
+        "to a key (cnf.jkt) is refused as Bearer in every mode.",
+    )
+    algorithms: list[Algorithm] = Field(
+        default_factory=lambda: list[Algorithm](["ES256", "PS256", "RS256", "EdDSA"]),
+        min_length=1,
+        description="Proof signature algorithms accepted (advertised in the challenge and the metadata).",
+    )
+    max_age: int = Field(
+        default=300,
+        ge=5,
+        le=300,
+        description="Seconds a proof is accepted after its iat (at most 5 minutes, SEP-1932).",
+    )
+    nonce: DpopNonce = Field(default_factory=DpopNonce)
+
+    @field_validator("algorithms")
+    @classmethod
+    def _algorithms_unique(cls, algorithms: list[Algorithm]) -> list[Algorithm]:
+        return list(dict.fromkeys(algorithms))
+
+
 class McpServerSpec(Spec):
     """An MCP server: its route, resource id, trusted issuers and tool mappings."""
 
@@ -191,6 +231,7 @@ class McpServerSpec(Spec):
     )
     max_request_bytes: int = Field(default=1_048_576, ge=1024, le=8_388_608)
     discovery: Discovery | None = None
+    dpop: Dpop = Field(default_factory=Dpop)
 
     @field_validator("tools")
     @classmethod

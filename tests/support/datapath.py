@@ -21,11 +21,11 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Final
 
-import httpx
+import httpx2
 import pytest
 
 from callwarden.demo.issuers import DEFAULT_ISSUERS, RunningIssuers, start_issuers
@@ -39,6 +39,7 @@ from callwarden.extauthz.token import JwksStore
 from callwarden.policy.approval import ApprovalAuthority, ApprovalStore
 from callwarden.policy.bundle import Bundle, CompiledServer, compile_bundle
 from callwarden.policy.loader import Config, load_config
+from callwarden.policy.model import Dpop
 from callwarden.policy.remote import RemotePdpFactory
 
 SERVERS: Final = tuple(DEFAULT_PORTS)  # finance, documents, workflow
@@ -79,7 +80,7 @@ class DataPath:
     servers: RunningServers
     bundle: Bundle
     audit_path: Path
-    client: httpx.Client
+    client: httpx2.Client
     issuers: RunningIssuers | None = None  # the demo issuers, when the test brought none
     config: Config | None = None  # the localized configuration the bundle was compiled from
     approvals: ApprovalDesk | None = None  # the approval workflow, when started with a store
@@ -132,7 +133,7 @@ class DataPath:
         token: str | None = None,
         headers: Mapping[str, str] | None = None,
         path: str = MCP_PATH,
-    ) -> httpx.Response:
+    ) -> httpx2.Response:
         """One HTTP request through Envoy to server `name` (no Authorization when `token` is None)."""
         sent = {"host": self.host(name), "accept": "application/json, text/event-stream"}
         if body:
@@ -144,7 +145,7 @@ class DataPath:
 
     def post(
         self, name: str, body: bytes, *, token: str | None = None, headers: Mapping[str, str] | None = None
-    ) -> httpx.Response:
+    ) -> httpx2.Response:
         return self.send("POST", name, body, token=token, headers=headers)
 
     def executed(self, name: str) -> int:
@@ -162,7 +163,7 @@ class DataPath:
         assert len(lines) == 1, f"{len(lines)} decision log lines for {decision_id}"
         return lines[0]
 
-    def decision_of(self, response: httpx.Response) -> dict[str, Any]:
+    def decision_of(self, response: httpx2.Response) -> dict[str, Any]:
         """The decision log line of a response (deny: ext_authz's header; allow: the server's echo)."""
         return self.decision(response.headers[DECISION_HEADER])
 
@@ -177,6 +178,7 @@ def start_datapath(
     transport: str = "grpc",
     hooks: Sequence[BodyHook] | None = None,
     approvals: ApprovalStore | None = None,
+    dpop: bool | Dpop = False,
 ) -> Iterator[DataPath]:
     """The board-packet scenario behind real Envoy, on free loopback ports, until the block exits.
 
@@ -185,6 +187,9 @@ def start_datapath(
     `remote_pdp` builds the PDP of servers whose spec names `pdp.authzen` (see `DataPath.config`);
     `transport` is how Envoy asks the checker ("grpc" or "http" ext_authz); `hooks` replaces the
     default ext_proc body hooks; `approvals` runs the approval workflow on that store.
+    `dpop`: True keeps the example's `spec.dpop` (finance requires DPoP), a `Dpop` gives every
+    server that one; by default (False) DPoP is off everywhere, so tests of bearer tokens and of
+    Layer 2 send plain `Bearer` tokens to every server.
     """
     with ExitStack() as stack:
         servers = stack.enter_context(start_servers(dict.fromkeys(SERVERS, 0)))
@@ -193,6 +198,8 @@ def start_datapath(
         if trusted is None:
             trusted = demo_issuers = stack.enter_context(start_issuers(dict.fromkeys(DEFAULT_ISSUERS, 0)))
         config = localize(load_config([EXAMPLE]), servers, trusted)
+        if dpop is not True:
+            config = with_dpop(config, Dpop() if dpop is False else dpop)
         desk = None
         if approvals is not None:
             desk = approval_desk(
@@ -212,7 +219,7 @@ def start_datapath(
                 approvals=desk,
             )
         )
-        client = stack.enter_context(httpx.Client(timeout=10.0, trust_env=False))
+        client = stack.enter_context(httpx2.Client(timeout=10.0, trust_env=False))
         yield DataPath(gateway, servers, bundle, audit_path, client, demo_issuers, config, desk, authority)
 
 
@@ -225,6 +232,15 @@ def running_approvals_datapath(tmp_path_factory: pytest.TempPathFactory) -> Iter
     store = ApprovalRecords(SqliteDocuments(tmp_path_factory.mktemp("store") / "approvals.db"))
     with start_datapath(tmp_path_factory.mktemp("datapath"), approvals=store) as running:
         yield running
+
+
+def with_dpop(config: Config, dpop: Dpop) -> Config:
+    """The configuration with every McpServer's `spec.dpop` set to `dpop`."""
+    servers = {
+        key: server.model_copy(update={"spec": server.spec.model_copy(update={"dpop": dpop})})
+        for key, server in config.servers.items()
+    }
+    return replace(config, servers=servers)
 
 
 def running_datapath(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DataPath]:

@@ -1,7 +1,7 @@
 """Real Envoy in tests: McpServer objects for routes, a managed Envoy, and a whole gateway.
 
     with gateway([mcp_server("finance", upstream.url)], checker, tmp_path) as gw:
-        httpx.post(gw.url + "/mcp", ...)
+        httpx2.post(gw.url + "/mcp", ...)
 
 `gateway` starts the ext_authz gRPC server (callwarden.extauthz.server) on a free port, renders
 the bootstrap for the servers, and starts Envoy on free ports; both stop on exit. If the block

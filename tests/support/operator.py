@@ -87,9 +87,10 @@ def admin_api(kube: KubeEnv) -> Kube:
     return Kube(new_api_client(str(kube.kubeconfig)))
 
 
-def install_crds(kube: KubeEnv) -> None:
-    kube.kubectl("apply", "--server-side", "-f", str(CRDS))
-    for path in sorted(CRDS.glob("*.yaml")):
+def install_crds(kube: KubeEnv, directory: Path = CRDS) -> None:
+    """Applies every CRD in `directory` (callwarden's own by default) and waits until each is served."""
+    kube.kubectl("apply", "--server-side", "-f", str(directory))
+    for path in sorted(directory.glob("*.yaml")):
         name = yaml.safe_load(path.read_text())["metadata"]["name"]
         kube.kubectl("wait", "--for=condition=Established", f"crd/{name}", "--timeout=60s")
 
@@ -159,8 +160,10 @@ class OperatorProcess:
         identity: str,
         lease_name: str = "callwarden-operator",
         resync_seconds: float = 5.0,
+        metrics_port: int | None = None,
     ) -> None:
         self.identity = identity
+        self.metrics_port = metrics_port
         self.log_path = workdir / f"operator-{identity}.log"
         self.argv = [
             sys.executable,
@@ -173,6 +176,7 @@ class OperatorProcess:
             f"--identity={identity}",
             f"--resync-seconds={resync_seconds}",
             *FAST_LEASE,
+            *([f"--metrics-listen=127.0.0.1:{metrics_port}"] if metrics_port is not None else []),
         ]
         self._process: subprocess.Popen[bytes] | None = None
         self._terminated = False

@@ -41,7 +41,7 @@ MEMBERS: Final = {
     "resource": ("type", "id", "properties"),
 }
 REQUIRED: Final = {"action": ("name",), "resource": ("type", "id")}
-PEP_OWNED_CONTEXT: Final = ("mcp", "actors")
+PEP_OWNED_CONTEXT: Final = ("mcp", "actors", "cnf")
 # One tools/call must not fan out into unbounded PDP work, nor a mapping into unbounded recursion.
 MAX_EVALUATIONS: Final = 64
 MAX_MAPPING_DEPTH: Final = 32

@@ -8,6 +8,7 @@ one whole, context included) is applied here, once, so the PDP sees complete req
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from callwarden.policy.cel import ABSENT
@@ -29,17 +30,23 @@ def _check_properties(where: str, entity: dict[str, Any]) -> None:
 
 
 class PepContext:
-    """The context members the PEP owns (contracts: `mcp`, `agent`, `actors`), for one call."""
+    """The context members the PEP owns (contracts: `mcp`, `agent`, `actors`, `cnf`), for one call."""
 
-    __slots__ = ("actors", "agent", "agent_claim", "mcp")
+    __slots__ = ("actors", "agent", "agent_claim", "cnf", "mcp")
 
     def __init__(
-        self, mcp: dict[str, str], agent: Any, agent_claim: str, actors: list[dict[str, str]] | None
+        self,
+        mcp: dict[str, str],
+        agent: Any,
+        agent_claim: str,
+        actors: list[dict[str, str]] | None,
+        cnf: Mapping[str, Any] | None = None,
     ):
         self.mcp = mcp
         self.agent = agent  # ABSENT when the token does not name an agent
         self.agent_claim = agent_claim
         self.actors = actors
+        self.cnf = cnf  # the proven DPoP key (jkt, jwk, alg); None for a bearer token
 
 
 class Entity:
@@ -156,6 +163,8 @@ class Context:
         context["mcp"] = pep.mcp
         if pep.actors is not None:
             context["actors"] = pep.actors
+        if pep.cnf is not None:
+            context["cnf"] = dict(pep.cnf)
         return context
 
 

@@ -52,17 +52,31 @@ class ServerMapping:
         self._tools = tools
         self.errors = errors
 
-    def map(self, method: str, params: Mapping[str, Any] | None, claims: Mapping[str, Any]) -> MappingResult:
+    def map(
+        self,
+        method: str,
+        params: Mapping[str, Any] | None,
+        claims: Mapping[str, Any],
+        *,
+        cnf: Mapping[str, Any] | None = None,
+    ) -> MappingResult:
         """The AuthZEN request(s) for one JSON-RPC request. Never raises: bad input of any kind
-        becomes a MappingFailure (JSON-RPC -32602), so the call fails closed."""
+        becomes a MappingFailure (JSON-RPC -32602), so the call fails closed. `cnf` (the key
+        a DPoP proof proved) becomes `context.cnf`."""
         try:
-            return self._map(method, params, claims)
+            return self._map(method, params, claims, cnf)
         except MappingFault as fault:
             return MappingFailure(f"COAZ mapping error: {fault.message}")
         except Exception as error:  # map() must never raise on the hot path: fail closed, say why
             return MappingFailure(f"COAZ mapping error: internal error ({type(error).__name__})")
 
-    def _map(self, method: str, params: Mapping[str, Any] | None, claims: Mapping[str, Any]) -> MappingResult:
+    def _map(
+        self,
+        method: str,
+        params: Mapping[str, Any] | None,
+        claims: Mapping[str, Any],
+        cnf: Mapping[str, Any] | None = None,
+    ) -> MappingResult:
         if type(method) is not str:
             return UnknownMethod(shorten(repr(method), 128))
         if method in PASS_THROUGH_METHODS or method.startswith("notifications/"):
@@ -97,12 +111,19 @@ class ServerMapping:
             raise MappingFault(f"{label}: its mapping was rejected when the configuration loaded: {plan}")
         token = claims if type(claims) is dict else dict(claims)
         try:
-            return self._run(plan, method, tool, params, token)
+            return self._run(plan, method, tool, params, token, cnf=cnf)
         except MappingFault as fault:
             raise MappingFault(f"{label}: {fault.message}") from None
 
     def _run(
-        self, plan: Plan, method: str, tool: str | None, params: dict[str, Any], token: dict[str, Any]
+        self,
+        plan: Plan,
+        method: str,
+        tool: str | None,
+        params: dict[str, Any],
+        token: dict[str, Any],
+        *,
+        cnf: Mapping[str, Any] | None,
     ) -> AuthorizationRequests:
         anchor = token.get(self._subject_claim, ABSENT)
         if type(anchor) is not str:
@@ -113,7 +134,9 @@ class ServerMapping:
         mcp = {"server": self._server, "method": method}
         if tool is not None:
             mcp["tool"] = tool
-        pep = PepContext(mcp, token.get(self._agent_claim, ABSENT), self._agent_claim, actor_chain(token))
+        pep = PepContext(
+            mcp, token.get(self._agent_claim, ABSENT), self._agent_claim, actor_chain(token), cnf
+        )
         wire, requests = plan.run(CallInputs(token, params), anchor, self._subject_claim, pep)
         return AuthorizationRequests(wire, requests, tool)
 

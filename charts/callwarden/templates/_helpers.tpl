@@ -30,6 +30,11 @@ app.kubernetes.io/component: {{ .component }}
 {{ include "callwarden.fullname" . }}-extauthz
 {{- end -}}
 
+{{/* The Secret holding the DPoP nonce key (created by the chart, or the user's own). */}}
+{{- define "callwarden.dpopNonceSecret" -}}
+{{ .Values.extauthz.dpop.nonceKey.existingSecret | default (printf "%s-dpop-nonce" (include "callwarden.extauthzService" .)) }}
+{{- end -}}
+
 {{/* host:port of the ext_authz gRPC Service, as Envoys in other namespaces reach it. */}}
 {{- define "callwarden.extauthzAddress" -}}
 {{ include "callwarden.extauthzService" . }}.{{ .Release.Namespace }}.svc.cluster.local:{{ .Values.extauthz.grpcPort }}
