@@ -254,7 +254,9 @@ def run_demo(config_dir: Path = EXAMPLE, out: IO[str] = sys.stdout) -> int:
             url = gateway.url + finance.spec.route.path_prefix
             flow = io.StringIO()  # printed after the scenario's table
             approval_surprises = run_approval_flow(
-                ApprovalFlow(url, finance.spec.route.hosts[0], token, agent_key, store, store_path), servers, flow
+                ApprovalFlow(url, finance.spec.route.hosts[0], token, agent_key, store, store_path),
+                servers,
+                flow,
             )
             expected_executions[("finance", "transfer_funds")] = 1
             gateway.ext_authz.decision_log.flush()

@@ -332,7 +332,7 @@ class ExternalProcessor:
             message = "ext_proc: no McpServer is configured for this route"
             raise _Refused(_immediate(error_body(None, HOOK_FAILED, message), decision_id), "no-route")
         try:
-            claims = state.validators[server.key].validate(headers.get("authorization"))
+            claims = state.authenticators[server.key].token_claims(headers.get("authorization"))
         except TokenRejected as rejected:  # it expired between the check and now
             message = f"ext_proc: token rejected: {rejected.description}"
             raise _Refused(_immediate(error_body(None, HOOK_FAILED, message), decision_id), "token") from None
