@@ -142,6 +142,24 @@ def test_the_decision_log_records_each_held_call_with_its_access_request(datapat
     assert line["approval"]["state"] == "pending"
 
 
+def test_the_decision_log_line_of_a_completion_names_the_approver(
+    datapath: DataPath, store: ApprovalRecords
+) -> None:
+    task_id = call(datapath, transfer(91_000, to="acct-501"))["result"]["taskId"]
+    approve(store, task_id)
+    response = datapath.post(
+        "finance", jsonrpc("tasks/get", {"taskId": task_id}, id=8), token=datapath.token("finance")
+    )
+    line = datapath.decision_of(response)
+    assert (line["decision"], line["reasons"]) == ("allow", ["approval:completing"])
+    assert line["approval"] == {
+        "id": task_id,
+        "state": "approved",
+        "execution": "claimed",
+        "approver": "carol",
+    }
+
+
 def test_the_official_mcp_client_without_tasks_is_held_then_its_identical_retry_runs_once(
     datapath: DataPath, store: ApprovalRecords
 ) -> None:

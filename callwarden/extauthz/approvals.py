@@ -76,9 +76,9 @@ class Handled:
     def log_fields(self) -> dict[str, Any]:
         if self.record is None:
             return {}
-        return {
-            "approval": {"id": self.record.id, "state": self.record.state, "execution": self.record.execution}
-        }
+        record = self.record
+        fields = {"id": record.id, "state": record.state, "execution": record.execution}
+        return {"approval": fields if record.approver is None else {**fields, "approver": record.approver}}
 
 
 @dataclass
