@@ -133,9 +133,7 @@ class ApprovalDesk:
                 return self._answer_held(current, verdict.params, request_id, "approval:deduplicated")
         recent = [r for r in mine if now - ap.parse_time(r.created_at) < self.settings.submission_period]
         if len(recent) >= self.settings.max_submissions:
-            text = (
-                f"Too many approval requests: calling {verdict.tool} was denied and did not run. Retry later."
-            )
+            text = "Too many approval requests: this call was denied and did not run. Retry later."
             body = tasks.response(request_id, tasks.not_executed(text, None, "unavailable"))
             return Handled(False, "approval:rate-limited", None, body)
         remote = None

@@ -5,12 +5,14 @@ tasks extension gets (`CreateTaskResult`, then `tasks/get` results), and what a 
 tasks gets (a `CallToolResult` with `isError: true` saying a reviewer must approve and that the
 identical call may then be retried once). Nothing here ever carries a binding token, an
 evaluation id, the approval object or an ARS endpoint: those stay between callwarden and its store.
-Messages are fixed text plus the tool name (whose alphabet the model restricts): nothing a
-caller or a server wrote reaches `statusMessage` or the model-facing text.
+Messages are fixed text plus the tool name, and only a name in the model's tool-name alphabet
+(`policy.model.TOOL_NAME`) is shown: nothing else a caller or a server wrote reaches
+`statusMessage` or the model-facing text.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, Final
@@ -18,6 +20,7 @@ from typing import Any, Final
 import orjson
 
 from callwarden.policy.approval import AccessRequestRecord, parse_time
+from callwarden.policy.model import TOOL_NAME
 
 TASKS_EXTENSION: Final = "io.modelcontextprotocol/tasks"
 CLIENT_CAPABILITIES: Final = "io.modelcontextprotocol/clientCapabilities"
@@ -25,6 +28,7 @@ AUTHORIZATION_META: Final = "io.modelcontextprotocol/authorization"
 DISPOSITION_META: Final = "net.openid.authzen/disposition"
 IMMEDIATE_RESPONSE_META: Final = "io.modelcontextprotocol/model-immediate-response"
 TASK_METHODS: Final = frozenset({"tasks/get", "tasks/cancel"})
+_TOOL_NAME: Final = re.compile(TOOL_NAME)
 # SEP-2663: an unknown (or someone else's) taskId is invalid params.
 UNKNOWN_TASK: Final = -32602
 
@@ -65,8 +69,14 @@ def _ttl_ms(record: AccessRequestRecord) -> int:
     return max(0, int(lifetime.total_seconds() * 1000))
 
 
+def tool_shown(record: AccessRequestRecord) -> str:
+    """The tool's name for text a model reads; a name outside the tool alphabet is not repeated."""
+    tool = record.tool or ""
+    return tool if _TOOL_NAME.fullmatch(tool) else "the requested tool"
+
+
 def _pending_text(record: AccessRequestRecord) -> str:
-    return f"Calling {record.tool} requires a reviewer's approval. The call has not run."
+    return f"Calling {tool_shown(record)} requires a reviewer's approval. The call has not run."
 
 
 def _task(record: AccessRequestRecord, result_type: str, poll_ms: int) -> dict[str, Any]:
@@ -90,7 +100,8 @@ def created(record: AccessRequestRecord, poll_ms: int) -> dict[str, Any]:
     """The `CreateTaskResult` a tasks-capable client gets instead of the tool result."""
     task = _task(record, "task", poll_ms)
     task["_meta"][IMMEDIATE_RESPONSE_META] = (
-        f"Calling {record.tool} is pending a reviewer's approval. You can continue other work and check back."
+        f"Calling {tool_shown(record)} is pending a reviewer's approval. "
+        "You can continue other work and check back."
     )
     return task
 
@@ -111,7 +122,7 @@ def completed_result(record: AccessRequestRecord) -> dict[str, Any]:
         "denied": "A reviewer denied the request.",
         "expired": "The request expired before a reviewer decided.",
     }.get(record.state, record.comment or "The approved call no longer matches what was approved.")
-    return not_executed(f"{why} The tool {record.tool} did not run.", record, "unavailable")
+    return not_executed(f"{why} The tool {tool_shown(record)} did not run.", record, "unavailable")
 
 
 def not_executed(text: str, record: AccessRequestRecord | None, remediation: str) -> dict[str, Any]:
