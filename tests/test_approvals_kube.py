@@ -20,19 +20,29 @@ from callwarden.kube.client import Kube, new_api_client
 from callwarden.stores.approvals import ApprovalRecords
 from callwarden.stores.kube import KubeDocuments
 from tests.support.datapath import DataPath, start_datapath
+from tests.support.operator import install_crds, rbac_kubeconfig
 from tests.test_datapath_approvals import call, get_task, transfer
 
 if TYPE_CHECKING:
     from tests.support.kube import Kube as KubeEnvironment
 
-pytest_plugins = ("tests.support.kube", "tests.support.operator_fixtures")
+pytest_plugins = ("tests.support.kube",)
 pytestmark = pytest.mark.integration
 
 NAMESPACE = "board-packet"
 
 
 @pytest.fixture(scope="module")
-def reviewer(kube: KubeEnvironment, operator_kubeconfig: Path) -> Path:
+def extauthz_kubeconfig(kube: KubeEnvironment) -> Iterator[Path]:
+    """The CRDs, and ext_authz's ServiceAccount with exactly deploy/rbac/extauthz.yaml; removed
+    afterwards, because the chart's tests install the same names with Helm in this session."""
+    install_crds(kube)
+    yield rbac_kubeconfig(kube, "extauthz")
+    kube.kubectl("delete", "-f", "deploy/rbac/extauthz.yaml", "--ignore-not-found")
+
+
+@pytest.fixture(scope="module")
+def reviewer(kube: KubeEnvironment, extauthz_kubeconfig: Path) -> Iterator[Path]:
     """carol, in group treasury, bound to the approver ClusterRole in board-packet only."""
     kube.kubectl("apply", "-f", "deploy/rbac/approver.yaml")
     kube.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}})
@@ -40,7 +50,9 @@ def reviewer(kube: KubeEnvironment, operator_kubeconfig: Path) -> Path:
         "create", "rolebinding", "treasury-approvers", "-n", NAMESPACE,
         "--clusterrole=callwarden-approver", "--group=treasury",
     )  # fmt: skip
-    return kube.user_kubeconfig("carol", groups=("treasury",))
+    yield kube.user_kubeconfig("carol", groups=("treasury",))
+    kube.kubectl("delete", "rolebinding", "treasury-approvers", "-n", NAMESPACE, "--ignore-not-found")
+    kube.kubectl("delete", "-f", "deploy/rbac/approver.yaml", "--ignore-not-found")
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,7 @@ class DocumentStore(Protocol):
     def select(
         self, plural: str, namespace: str | None = None, labels: Mapping[str, str] | None = None
     ) -> list[dict[str, Any]]:
-        """Objects (of one namespace, all of whose `labels` match), oldest first."""
+        """Objects (of one namespace, all of whose `labels` match), oldest first (to the second)."""
 
     def replace_status(self, plural: str, body: Mapping[str, Any]) -> dict[str, Any]:
         """Write `body.status` if the stored object still has `body.metadata.resourceVersion`;
