@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
+import httpx2
 
 from callwarden.extauthz.envoy import EnvoyProcess, render_bootstrap
 from callwarden.extauthz.server import Checker, RunningServer, serve
@@ -89,7 +89,7 @@ def gateway(
 
 def envoy_counter(envoy: EnvoyProcess, name: str) -> int:
     """The value of one Envoy counter (e.g. `http.callwarden.ext_proc.streams_started`), 0 if unset."""
-    answer = httpx.get(
+    answer = httpx2.get(
         f"{envoy.admin_url}/stats", params={"filter": f"^{name}$", "format": "json"}, trust_env=False
     )
     stats = answer.json()["stats"]
