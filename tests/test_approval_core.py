@@ -9,6 +9,7 @@ import pytest
 
 from callwarden.policy import approval as ap
 from callwarden.policy.canonical import argument_digest, binding_hash, binding_set, structurally_equal
+from tests.support.store_contract import new_record
 
 NOW = datetime(2026, 6, 2, 10, 30, tzinfo=UTC)
 
@@ -25,25 +26,9 @@ REQUEST: dict[str, Any] = {
 
 
 def record(**changes: Any) -> ap.AccessRequestRecord:
-    base = ap.AccessRequestRecord(
-        id="ar-0123456789abcdef0123456789abcdef",
-        namespace="board-packet",
-        server="board-packet/finance",
-        tool="transfer_funds",
-        arguments_digest=argument_digest({"to": "acct-991", "amount": 50000}),
-        call={"name": "transfer_funds", "arguments": {"to": "acct-991", "amount": 50000}},
-        subject=REQUEST["subject"],
-        resource=REQUEST["resource"],
-        action=REQUEST["action"],
-        context=REQUEST["context"],
-        binding_hash=binding_hash(REQUEST),
-        revision="rev-1",
-        agent="board-agent",
-        actors=(),
-        created_at=ap.format_time(NOW),
-        expires_at=ap.format_time(NOW + timedelta(hours=1)),
-    )
-    return base.with_changes(**changes)
+    """A pending request created at NOW, waiting an hour."""
+    created = {"created_at": ap.format_time(NOW), "expires_at": ap.format_time(NOW + timedelta(hours=1))}
+    return new_record("board-packet").with_changes(**{**created, **changes})
 
 
 # --- canonical JSON and the binding --------------------------------------------------------
