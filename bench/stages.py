@@ -38,7 +38,7 @@ from callwarden.extauthz.jsonrpc import parse_body  # noqa: E402
 from callwarden.extauthz.responses import allow_response  # noqa: E402
 from callwarden.extauthz.token import JwksStore, TokenValidator  # noqa: E402
 from callwarden.policy.bundle import Bundle, compile_bundle  # noqa: E402
-from callwarden.policy.decide import decide  # noqa: E402
+from callwarden.policy.decide import decide, decide_messages  # noqa: E402
 from callwarden.policy.loader import load_config  # noqa: E402
 from callwarden.policy.mapping import AuthorizationRequests  # noqa: E402
 from callwarden.policy.model import Dpop  # noqa: E402
@@ -252,9 +252,9 @@ def measure(smoke: bool) -> dict[str, Any]:
             lambda: quiet_enforcer.check(check)
         )
         queue_only.close()
-        whole["Enforcer.check, allowed, approvals on (SQLite store)"] = _with_approvals(
-            Path(tmp), issuers_config, jwks, check, us
-        )
+        held_stage, held_whole = _with_approvals(Path(tmp), issuers_config, jwks, check, us, claims=claims)
+        stages["approval check of an allowed call (no store access)"] = held_stage
+        whole["Enforcer.check, allowed, approvals on (SQLite store)"] = held_whole
         decision_log.close()
         dpop_stage, dpop_whole = dpop_costs(
             issuers, Path(tmp) / "config", jwks, us, calls=max(50, loops // 20) * (repeats + 1) + 10
@@ -282,19 +282,35 @@ class _QueueOnlyLog(DecisionLog):
 
 
 def _with_approvals(
-    tmp: Path, config: Path, jwks: JwksStore, check: CheckRequest, us: Callable[[Callable[[], Any]], float]
-) -> float:
+    tmp: Path,
+    config: Path,
+    jwks: JwksStore,
+    check: CheckRequest,
+    us: Callable[[Callable[[], Any]], float],
+    *,
+    claims: Mapping[str, Any],
+) -> tuple[float, float]:
     """The allowed call again, with the approval workflow on: a call no RequireApproval rule holds
-    must not touch the store (the desk only looks at a verdict that is requestable or approval-made)."""
+    must not touch the store (the desk only looks at a verdict that is requestable or approval-made).
+    Returns (the desk's look at the allowed verdict, the whole check)."""
     store = ApprovalRecords(SqliteDocuments(tmp / "approvals.db"))
     desk = approval_desk(store, tmp / "binding-key.pem", "urn:bench", create_key=True)
     bundle = compile_bundle(load_config([config]), approvals=desk.authority)
     approvals_log = DecisionLog(path=os.devnull)
     enforcer = Enforcer(EnforcementState.build(bundle, jwks), approvals_log, approvals=desk)
+    finance = bundle.servers[FINANCE]
+    body = parse_body(bytes(check.attributes.request.http.raw_body), max_bytes=1 << 20)
+    verdicts = decide_messages(finance, body.messages, claims)
+    first = body.messages[0]
+    stage = us(
+        lambda: enforcer._held(
+            desk, server=finance, first=first, is_batch=False, verdicts=verdicts, claims=claims
+        )
+    )
     cost = us(lambda: enforcer.check(check))
     approvals_log.close()
     desk.close()
-    return cost
+    return stage, cost
 
 
 def _metrics_once() -> None:
