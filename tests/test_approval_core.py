@@ -164,3 +164,19 @@ def test_task_ids_are_unguessable_kubernetes_names() -> None:
     ids = {ap.new_task_id() for _ in range(100)}
     assert len(ids) == 100
     assert all(len(task_id) == 35 and task_id.startswith("ar-") and task_id.islower() for task_id in ids)
+
+
+def test_a_claimed_call_without_a_result_is_lost_after_the_patience_and_never_claimed_again() -> None:
+    claimed = ap.claim(ap.approve(record(), "carol", NOW), NOW)
+    assert claimed.claimed_at == ap.format_time(NOW)
+    with pytest.raises(ap.InvalidTransition):
+        ap.lose(claimed, NOW + timedelta(minutes=4), timedelta(minutes=5))
+    lost = ap.lose(claimed, NOW + timedelta(minutes=5), timedelta(minutes=5))
+    assert lost.execution == "lost"
+    for step in (
+        lambda r: ap.claim(r, NOW),
+        lambda r: ap.finish(r, None, "approved-executed"),
+        lambda r: ap.cancel(r, NOW),
+    ):
+        with pytest.raises(ap.InvalidTransition):
+            step(lost)

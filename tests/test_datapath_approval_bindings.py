@@ -33,6 +33,8 @@ datapath = pytest.fixture(scope="module", name="datapath")(running_approvals_dat
 @pytest.fixture(scope="module")
 def store(datapath: DataPath) -> ApprovalRecords:
     assert datapath.approvals is not None and isinstance(datapath.approvals.store, ApprovalRecords)
+    # Every case here asks as alice: more held calls than one subject may open by default.
+    datapath.approvals.settings = dataclasses.replace(datapath.approvals.settings, max_submissions=1000)
     return datapath.approvals.store
 
 
@@ -206,12 +208,19 @@ def test_hostile_task_ids_are_unknown_tasks_or_ordinary_denials(datapath: DataPa
     assert transfers(datapath) == before
 
 
-def test_submissions_are_rate_limited_per_subject_with_a_non_requestable_denial(datapath: DataPath) -> None:
+def test_submissions_are_rate_limited_per_subject_with_a_non_requestable_denial(
+    datapath: DataPath, store: ApprovalRecords
+) -> None:
+    assert datapath.approvals is not None
     token = datapath.token("finance", sub="mallory")
-    limit = datapath.approvals.settings.max_submissions if datapath.approvals else 0
-    for _ in range(limit):
-        assert call(datapath, transfer(next(_amounts)), token)["result"]["status"] == "working"
-    refused = call(datapath, transfer(next(_amounts)), token)["result"]
+    generous = datapath.approvals.settings
+    datapath.approvals.settings = dataclasses.replace(generous, max_submissions=3)
+    try:
+        for _ in range(3):
+            assert call(datapath, transfer(next(_amounts)), token)["result"]["status"] == "working"
+        refused = call(datapath, transfer(next(_amounts)), token)["result"]
+    finally:
+        datapath.approvals.settings = generous
     assert refused["isError"] is True
     assert refused["_meta"]["io.modelcontextprotocol/authorization"]["remediation"] == "unavailable"
 
@@ -290,4 +299,25 @@ def test_hostile_held_calls_never_run_and_never_crash(
         first = answer[0] if isinstance(answer, list) else answer
         assert first["error"]["code"] in (-32001, -32600, -32602, -32700)
         assert len(store.all()) == records  # a plain denial opens no access request
+    assert transfers(datapath) == before
+
+
+def test_a_call_claimed_by_a_replica_that_died_fails_and_is_never_run_again(
+    datapath: DataPath, store: ApprovalRecords
+) -> None:
+    assert datapath.approvals is not None
+    before = transfers(datapath)
+    task_id, _ = held(datapath)
+    approve(store, task_id)
+    # The other replica claimed the call and went away before any result came back.
+    ap.transition(store, NAMESPACE, task_id, lambda r: ap.claim(r, datetime.now(UTC)))
+    assert get_task(datapath, task_id)["result"]["status"] == "working"
+    patient = datapath.approvals.settings
+    datapath.approvals.settings = dataclasses.replace(patient, completion_patience=timedelta(0))
+    try:
+        failed = get_task(datapath, task_id)["result"]
+    finally:
+        datapath.approvals.settings = patient
+    assert (failed["status"], failed["error"]["code"]) == ("failed", -32603)
+    assert get_task(datapath, task_id)["result"]["status"] == "failed"
     assert transfers(datapath) == before

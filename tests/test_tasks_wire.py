@@ -108,3 +108,10 @@ def test_a_denied_task_says_the_tool_did_not_run() -> None:
     assert result["isError"] is True
     assert result["_meta"][tasks.DISPOSITION_META] == "denied-not-executed"
     assert "did not run" in result["content"][0]["text"]
+
+
+def test_a_lost_call_is_a_failed_task_with_an_error_and_no_result() -> None:
+    lost = new_record("ns").with_changes(state="approved", execution="lost")
+    task = tasks.task_result(lost, 1)
+    assert (task["status"], task["error"]["code"]) == ("failed", -32603)
+    assert "result" not in task

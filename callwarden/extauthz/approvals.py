@@ -59,6 +59,7 @@ class ApprovalSettings:
     window: timedelta = timedelta(hours=1)  # how long a request waits for a reviewer (and the task's ttl)
     poll_interval_ms: int = 5000
     max_submissions: int = 10  # new access requests per subject per `submission_period`
+    completion_patience: timedelta = timedelta(minutes=5)  # a claimed call without a result is lost
     submission_period: timedelta = timedelta(minutes=10)
 
 
@@ -320,6 +321,12 @@ class ApprovalDesk:
             current = self._poll_remote(server, current)
         if current.state == "approved" and current.execution == "none":
             return self._complete(server, current, request_id, claims, cnf=cnf)
+        if current.execution == "claimed" and current.claimed_at is not None:
+            patience = self.settings.completion_patience
+            if now - ap.parse_time(current.claimed_at) >= patience:
+                current = self._persist(
+                    current, lambda r: ap.lose(r, self.clock(), patience), "Lost", "no result"
+                )
         answer = tasks.task_result(current, self.settings.poll_interval_ms)
         return Handled(
             False, f"approval:task-{answer['status']}", current, tasks.response(request_id, answer)

@@ -45,7 +45,7 @@ def task_status(record: AccessRequestRecord) -> str:
     """The SEP-2663 status of a record (SEP-2848's mapping): a denial is `completed`, never `failed`."""
     if record.state == "cancelled" or (record.state == "approved" and record.execution == "withdrawn"):
         return "completed" if record.disposition is not None else "cancelled"
-    if record.state == "failed":
+    if record.state == "failed" or record.execution == "lost":
         return "failed"
     if record.state in ("denied", "expired") or record.execution == "executed":
         return "completed"
@@ -111,6 +111,9 @@ def task_result(record: AccessRequestRecord, poll_ms: int) -> dict[str, Any]:
     task = _task(record, "complete", poll_ms)
     if task["status"] == "completed":
         task["result"] = completed_result(record)
+    elif task["status"] == "failed":  # SEP-2663: a failed task says why, and carries no result
+        task["statusMessage"] = "No result came back from the tool; it will not be run again."
+        task["error"] = {"code": -32603, "message": "the approved call gave no result"}
     return task
 
 

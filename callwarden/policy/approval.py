@@ -54,6 +54,7 @@ __all__ = [
     "expire_if_due",
     "finish",
     "format_time",
+    "lose",
     "new_task_id",
     "parse_time",
     "refuse",
@@ -71,7 +72,8 @@ APPROVAL_STATES: Final[tuple[ApprovalState, ...]] = (
     "failed",
 )
 TERMINAL_STATES: Final = frozenset(APPROVAL_STATES) - {"pending"}
-Execution = Literal["none", "claimed", "executed", "withdrawn"]
+# `lost`: claimed, but no result ever came back (the call may have run): reported failed, never rerun.
+Execution = Literal["none", "claimed", "executed", "withdrawn", "lost"]
 # Dispositions of SEP-2848 (`_meta["net.openid.authzen/disposition"]`).
 Disposition = Literal["approved-executed", "denied-not-executed", "execution-error"]
 
@@ -138,6 +140,7 @@ class AccessRequestRecord:
     submission: Mapping[str, Any] | None = None  # ARS submissions: binding token id, idempotency key
     remote: Mapping[str, Any] | None = None  # the remote ARS's task, when a remote PDP holds the request
     remote_approval: Mapping[str, Any] | None = None  # the approval that remote ARS granted, verbatim
+    claimed_at: str | None = None  # when a replica took the approved call to run it
     version: str | None = field(default=None, compare=False)
 
     @property
@@ -266,7 +269,18 @@ def claim(record: AccessRequestRecord, now: datetime) -> AccessRequestRecord:
     _require(record, record.state == "approved" and record.execution == "none", "run the approved call")
     if record.approved_until is None or now >= parse_time(record.approved_until):
         raise InvalidTransition(f"the approval of {record.id} expired at {record.approved_until}")
-    return record.with_changes(execution="claimed")
+    return record.with_changes(execution="claimed", claimed_at=format_time(now))
+
+
+def lose(record: AccessRequestRecord, now: datetime, patience: timedelta) -> AccessRequestRecord:
+    """claimed longer than `patience` without a result -> lost: the replica that ran it went away
+    or the server never answered. The call may have run, so it is never run again (SEP-2848
+    `failed`: no result is possible)."""
+    _require(record, record.execution == "claimed" and record.claimed_at is not None, "give up on")
+    assert record.claimed_at is not None
+    if now - parse_time(record.claimed_at) < patience:
+        raise InvalidTransition(f"access request {record.id} is still running")
+    return record.with_changes(execution="lost", comment="no result came back; the call will not run again")
 
 
 def refuse(record: AccessRequestRecord, why: str) -> AccessRequestRecord:

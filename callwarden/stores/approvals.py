@@ -46,6 +46,7 @@ _STATUS: Final = (
     ("result", "result"),
     ("disposition", "disposition"),
     ("remote_approval", "remoteApproval"),
+    ("claimed_at", "claimedAt"),
 )
 
 
