@@ -127,3 +127,11 @@ def test_a_requestable_denial_whose_ars_cannot_take_it_is_a_plain_denial(
     )
     assert answer["error"]["code"] == -32001
     assert transfers(datapath) == before
+
+
+def test_cancelling_the_task_cancels_the_request_at_the_remote_ars(
+    datapath: DataPath, remote_store: ApprovalRecords
+) -> None:
+    task_id = call(datapath, transfer(58_000, to="acct-remote"))["result"]["taskId"]
+    assert get_task(datapath, task_id, method="tasks/cancel")["result"]["status"] == "cancelled"
+    assert remote_record(remote_store, 58_000).state == "cancelled"

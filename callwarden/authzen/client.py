@@ -318,8 +318,18 @@ class RemoteAuthzenPdp:
             **{k: request[k] for k in ("subject", "resource", "action", "context") if k in request},
             "denial": echoed,
         }
-        answer = self._exchange("POST", endpoint, orjson.dumps(body), "access-request", ok=_SUBMITTED)[1]
+        # One key per submission: a retry of this exchange (not of the denial) is answered the same.
+        key = str(uuid.uuid4())
+        answer = self._exchange(
+            "POST", endpoint, orjson.dumps(body), "access-request", ok=_SUBMITTED, idempotency_key=key
+        )[1]
         return _task(answer)
+
+    def cancel_access_request(self, cancel_endpoint: str) -> None:
+        """Cancel a task at the ARS (its `links.cancel`); raises RemotePdpError (409: already decided)."""
+        if _endpoint({"cancel": cancel_endpoint}, "cancel") is None:
+            raise RemotePdpError("ars", "no cancel endpoint")
+        self._exchange("POST", cancel_endpoint, None, "access-request-cancel")
 
     def access_request_status(self, status_endpoint: str) -> dict[str, Any]:
         """The ARS's answer for a task (`task`, and `result` once approved); raises RemotePdpError."""
@@ -342,8 +352,11 @@ class RemoteAuthzenPdp:
         *,
         accept_404: bool = False,
         ok: frozenset[int] = frozenset({200}),
+        idempotency_key: str | None = None,
     ) -> tuple[int, Any]:
         headers = {"x-request-id": str(uuid.uuid4())}
+        if idempotency_key is not None:
+            headers["idempotency-key"] = idempotency_key
         if body is not None:
             headers["content-type"] = "application/json"
         started = time.perf_counter()

@@ -269,7 +269,7 @@ class ApprovalDesk:
                 False, "approval:unknown-task", None, tasks.error(request_id, tasks.UNKNOWN_TASK, _UNKNOWN)
             )
         if method == "tasks/cancel":
-            return self._cancel(record, request_id)
+            return self._cancel(server, record, request_id)
         return self._get(server, record, request_id, claims, cnf=cnf)
 
     def _originated(
@@ -283,7 +283,7 @@ class ApprovalDesk:
             and (agent if isinstance(agent, str) else None) == record.agent
         )
 
-    def _cancel(self, record: ap.AccessRequestRecord, request_id: Any) -> Handled:
+    def _cancel(self, server: CompiledServer, record: ap.AccessRequestRecord, request_id: Any) -> Handled:
         try:
             cancelled = ap.transition(
                 self.store,
@@ -295,6 +295,12 @@ class ApprovalDesk:
             body = tasks.error(request_id, tasks.UNKNOWN_TASK, f"Task cannot be cancelled: {refused}")
             return Handled(False, "approval:cancel-refused", record, body)
         self.note(cancelled, "Cancelled", "cancelled by the requester; the tool did not run")
+        cancel_link = (record.remote or {}).get("cancel")
+        if isinstance(server.pdp, RemoteAuthzenPdp) and isinstance(cancel_link, str):
+            try:  # the local record already says it will never run; the remote ARS is told as a courtesy
+                server.pdp.cancel_access_request(cancel_link)
+            except RemotePdpError as error:
+                log.warning("cannot cancel access request %s at its ARS: %s", record.id, error)
         return Handled(
             False,
             "approval:cancelled",
@@ -406,7 +412,10 @@ def _submit_remote(
     except RemotePdpError as error:
         log.warning("the ARS of %s did not take an access request: %s", pdp.url, error)
         return None
-    return {"taskId": task["id"], "statusEndpoint": task["status_endpoint"]}
+    handle = {"taskId": task["id"], "statusEndpoint": task["status_endpoint"]}
+    links = task.get("links")
+    cancel = links.get("cancel") if isinstance(links, Mapping) else None
+    return handle if not isinstance(cancel, str) else {**handle, "cancel": cancel}
 
 
 def _permits(server: CompiledServer, verdict: Verdict, approval: Mapping[str, Any]) -> bool:
