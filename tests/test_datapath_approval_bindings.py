@@ -321,3 +321,47 @@ def test_a_call_claimed_by_a_replica_that_died_fails_and_is_never_run_again(
     assert (failed["status"], failed["error"]["code"]) == ("failed", -32603)
     assert get_task(datapath, task_id)["result"]["status"] == "failed"
     assert transfers(datapath) == before
+
+
+# A reviewer may also edit the status with kubectl (whoever may update accessrequests/status can):
+# whatever it says, only a well-formed approval of exactly this call ever runs it, and once.
+HOSTILE_STATUSES: list[Any] = [
+    ("approved-without-times", {"state": "approved", "execution": "none"}),
+    (
+        "approved-until-garbage",
+        {"state": "approved", "execution": "none", "decidedAt": "x", "approvedUntil": "soon"},
+    ),
+    (
+        "approved-in-the-past",
+        {
+            "state": "approved",
+            "execution": "none",
+            "decidedAt": "2020-01-01T00:00:00Z",
+            "approvedUntil": "2020-01-02T00:00:00Z",
+        },
+    ),
+    ("state-with-a-space", {"state": "approved ", "execution": "none"}),
+    ("state-uppercase", {"state": "APPROVED", "execution": "none"}),
+    ("executed-without-result", {"state": "approved", "execution": "executed"}),
+    ("state-a-number", {"state": 1, "execution": "none"}),
+    ("no-status", None),
+]
+
+
+@pytest.mark.parametrize("case", HOSTILE_STATUSES, ids=[c[0] for c in HOSTILE_STATUSES])
+def test_a_hand_edited_status_never_runs_the_call(
+    datapath: DataPath, store: ApprovalRecords, case: Any
+) -> None:
+    before = transfers(datapath)
+    task_id, _ = held(datapath)
+    stored = store.documents.get("accessrequests", NAMESPACE, task_id)
+    assert stored is not None
+    store.documents.replace_status("accessrequests", {**stored, "status": case[1]})
+    for _ in range(2):
+        response = datapath.post(
+            "finance", jsonrpc("tasks/get", {"taskId": task_id}, id=5), token=datapath.token("finance")
+        )
+        assert response.status_code == 200
+        answer = response.json()
+        assert "result" in answer or answer["error"]["code"] in (-32602, -32603)
+    assert transfers(datapath) == before

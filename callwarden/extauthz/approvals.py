@@ -349,7 +349,9 @@ class ApprovalDesk:
     ) -> Handled:
         """The first tasks/get after approval: re-evaluate the bound call now, claim it, run it once."""
         approval = record.approval()
-        assert approval is not None  # an approved record has its approval
+        if approval is None:  # "approved" without its times (a hand-edited status): not an approval
+            answer = tasks.task_result(record, self.settings.poll_interval_ms)
+            return Handled(False, "approval:unverifiable", record, tasks.response(request_id, answer))
         verdict = decide_with_approval(server, record.call, claims, approval, cnf)
         if not _permits(server, verdict, approval):
             why = (

@@ -415,7 +415,11 @@ class BoundApprovals:
             return ApprovalCheck(None, "approval_unverifiable")
         if record.execution not in ("none", "claimed"):
             return ApprovalCheck(None, "approval_unverifiable")  # used or withdrawn: never twice
-        if record.approved_until is None or self.clock() >= parse_time(record.approved_until):
+        try:
+            until = parse_time(record.approved_until or "")
+        except ValueError:  # a status edited by hand into something that is not a time
+            return ApprovalCheck(None, "approval_unverifiable")
+        if self.clock() >= until:
             return ApprovalCheck(None, "approval_expired")
         try:
             same = binding_hash(request) == record.binding_hash
