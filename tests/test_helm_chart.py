@@ -38,6 +38,10 @@ pytest_plugins = ("tests.support.kube",)
 
 CHART: Final = ROOT / "charts" / "callwarden"
 NAMESPACE: Final = "callwarden-system"
+# `helm install --dry-run=server` refuses objects that exist without Helm's ownership labels, and the
+# operator tests leave callwarden-system's ServiceAccounts behind in the shared API server: NOTES are
+# rendered into a namespace no other test touches.
+NOTES_NAMESPACE: Final = "callwarden-notes"
 VARIANTS: Final = {
     "default": None,
     "istio": CHART / "ci" / "istio-values.yaml",
@@ -75,7 +79,9 @@ def cluster(kube: Kube) -> Kube:
     and the namespaces it uses."""
     install_crds(kube)
     install_crds(kube, MONITORING_CRDS)
-    kube.apply(namespace_object(NAMESPACE), namespace_object("board-packet"))
+    kube.apply(
+        namespace_object(NAMESPACE), namespace_object(NOTES_NAMESPACE), namespace_object("board-packet")
+    )
     return kube
 
 
@@ -407,7 +413,7 @@ def test_both_monitors_at_once_are_refused(kube: Kube) -> None:
 
 def notes(cluster: Kube, *settings: str) -> str:
     """NOTES.txt as `helm install` prints it (a server dry run: nothing is installed)."""
-    args = ["install", "callwarden", str(CHART), "--namespace", NAMESPACE, "--dry-run=server"]
+    args = ["install", "callwarden", str(CHART), "--namespace", NOTES_NAMESPACE, "--dry-run=server"]
     for setting in settings:
         args += ["--set", setting]
     output = cluster.run_helm(*args).stdout
@@ -419,8 +425,8 @@ def test_notes_tell_the_installer_how_to_check_enforcement(cluster: Kube) -> Non
     text = notes(cluster)
     assert "kubectl get mcpservers --all-namespaces" in text
     assert "ENFORCED" in text and ".status.enforcement.reason" in text
-    assert f"kubectl -n {NAMESPACE} rollout status deployment/callwarden-operator" in text
-    assert f"kubectl -n {NAMESPACE} rollout status deployment/callwarden-extauthz" in text
+    assert f"kubectl -n {NOTES_NAMESPACE} rollout status deployment/callwarden-operator" in text
+    assert f"kubectl -n {NOTES_NAMESPACE} rollout status deployment/callwarden-extauthz" in text
     assert "mesh.mode=none: the operator wires no Envoy" in text
 
 
