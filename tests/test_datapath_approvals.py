@@ -24,7 +24,8 @@ from callwarden.extauthz.tasks import (
 )
 from callwarden.policy import approval as ap
 from callwarden.stores.approvals import ApprovalRecords
-from tests.support.datapath import DataPath, jsonrpc, running_approvals_datapath
+from callwarden.stores.sqlite import SqliteDocuments
+from tests.support.datapath import DataPath, jsonrpc, running_approvals_datapath, start_datapath
 
 pytestmark = pytest.mark.integration
 
@@ -176,3 +177,17 @@ def test_the_official_mcp_client_without_tasks_is_held_then_its_identical_retry_
     assert (ran.status, ran.tool_error) == ("allowed", False)
     assert ran.result_text is not None and "95000 EUR to acct-sdk completed" in ran.result_text
     assert transfers(datapath) == before + 1
+
+
+def test_behind_the_http_ext_authz_transport_the_flow_is_the_same(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    store = ApprovalRecords(SqliteDocuments(tmp_path_factory.mktemp("http-store") / "approvals.db"))
+    with start_datapath(tmp_path_factory.mktemp("http"), approvals=store, transport="http") as datapath:
+        task = call(datapath, transfer(52_000, to="acct-http"))["result"]
+        assert (task["resultType"], task["status"], transfers(datapath)) == ("task", "working", 0)
+        approve(store, task["taskId"])
+        completed = get_task(datapath, task["taskId"])["result"]
+        assert (completed["status"], transfers(datapath)) == ("completed", 1)
+        assert get_task(datapath, task["taskId"])["result"]["result"] == completed["result"]
+        assert transfers(datapath) == 1
