@@ -331,3 +331,13 @@ def test_an_unknown_task_is_404_unknown_task(client: httpx2.Client, path: str) -
 )
 def test_task_paths_outside_the_id_alphabet_are_not_found(client: httpx2.Client, path: str) -> None:
     assert client.get(path).status_code == 404
+
+
+def test_an_oversized_submission_is_refused_before_it_is_read(
+    client: httpx2.Client, store: ApprovalRecords
+) -> None:
+    before = len(store.all())
+    body = b'{"subject": "' + b"x" * (300 * 1024) + b'"}'
+    response = client.post("/access/v1/requests", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 413
+    assert len(store.all()) == before
