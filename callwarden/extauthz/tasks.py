@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from datetime import datetime
 from typing import Any, Final
 
 import orjson
@@ -165,6 +164,3 @@ def response(request_id: Any, result: Mapping[str, Any]) -> bytes:
 def error(request_id: Any, code: int, message: str) -> bytes:
     return orjson.dumps({"jsonrpc": "2.0", "id": request_id, "error": {"code": code, "message": message}})
 
-
-def is_past(moment: str | None, now: datetime) -> bool:
-    return moment is None or now >= parse_time(moment)
