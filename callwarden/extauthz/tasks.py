@@ -163,4 +163,3 @@ def response(request_id: Any, result: Mapping[str, Any]) -> bytes:
 
 def error(request_id: Any, code: int, message: str) -> bytes:
     return orjson.dumps({"jsonrpc": "2.0", "id": request_id, "error": {"code": code, "message": message}})
-
