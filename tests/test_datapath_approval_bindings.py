@@ -365,3 +365,17 @@ def test_a_hand_edited_status_never_runs_the_call(
         answer = response.json()
         assert "result" in answer or answer["error"]["code"] in (-32602, -32603)
     assert transfers(datapath) == before
+
+
+def test_an_expired_token_never_completes_a_task_and_a_current_one_then_does(
+    datapath: DataPath, store: ApprovalRecords
+) -> None:
+    before = transfers(datapath)
+    task_id, _ = held(datapath)
+    approve(store, task_id)
+    expired = datapath.token("finance", ttl=-120)
+    refused = datapath.post("finance", jsonrpc("tasks/get", {"taskId": task_id}, id=3), token=expired)
+    assert refused.status_code == 401
+    assert transfers(datapath) == before
+    assert get_task(datapath, task_id)["result"]["status"] == "completed"
+    assert transfers(datapath) == before + 1
