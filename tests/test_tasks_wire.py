@@ -115,3 +115,36 @@ def test_a_lost_call_is_a_failed_task_with_an_error_and_no_result() -> None:
     task = tasks.task_result(lost, 1)
     assert (task["status"], task["error"]["code"]) == ("failed", -32603)
     assert "result" not in task
+
+
+def test_a_result_too_large_to_keep_is_answered_once_and_kept_as_a_note(tmp_path: Any) -> None:
+    from callwarden.extauthz.approvals import COMPLETION_HOOK, ApprovalCompletion, ApprovalDesk
+    from callwarden.extauthz.extproc import Exchange
+    from callwarden.policy.bundle import compile_bundle
+    from callwarden.policy.loader import load_config
+    from callwarden.stores.approvals import ApprovalRecords
+    from callwarden.stores.sqlite import SqliteDocuments
+    from tests.support.datapath import EXAMPLE
+
+    server = compile_bundle(load_config([EXAMPLE])).servers["board-packet/finance"]
+    store = ApprovalRecords(SqliteDocuments(tmp_path / "a.db"))
+    record = new_record("board-packet").with_changes(server=server.key)
+    now = ap.parse_time(record.created_at)
+    claimed = store.create(ap.claim(ap.approve(record, "carol", now), now))
+    hook = ApprovalCompletion(ApprovalDesk(store))
+    request = json.dumps({"jsonrpc": "2.0", "id": 9, "method": "tasks/get", "params": {"taskId": claimed.id}})
+    exchange = Exchange(
+        hook, server, "rev", {}, {}, None, request.encode(), 200, {"content-type": "application/json"}
+    )
+    big = "x" * (300 * 1024)
+    answer = hook.response_body(
+        exchange,
+        json.dumps(
+            {"jsonrpc": "2.0", "id": 9, "result": {"content": [{"type": "text", "text": big}]}}
+        ).encode(),
+    )
+    assert answer is not None and big in answer.decode()
+    kept = store.get("board-packet", claimed.id)
+    assert kept is not None and kept.execution == "executed" and kept.result is not None
+    assert "too large to keep" in kept.result["content"][0]["text"]
+    assert hook.name == COMPLETION_HOOK

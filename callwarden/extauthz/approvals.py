@@ -50,6 +50,9 @@ from callwarden.policy.decide import Verdict, decide_with_approval
 log = logging.getLogger(__name__)
 
 COMPLETION_HOOK: Final = "approval-completion"
+# A result is kept in the record (every later tasks/get returns it); an AccessRequest lives in etcd,
+# whose objects stay under ~1.5 MiB, so a larger result is answered once and kept as a note.
+MAX_KEPT_RESULT_BYTES: Final = 256 * 1024
 _TASK_ID: Final = re.compile(r"ar-[0-9a-f]{32}")
 _UNKNOWN: Final = "Failed to retrieve task: Task not found"
 
@@ -497,14 +500,16 @@ class ApprovalCompletion:
                 "content": [{"type": "text", "text": str(error.get("message", "the server sent no result"))}]
             }
             result = tasks.executed(failed, True)
+        disposition = result["_meta"][tasks.DISPOSITION_META]
+        kept = (
+            result if len(orjson.dumps(result)) <= MAX_KEPT_RESULT_BYTES else tasks.too_large_to_keep(result)
+        )
         done = ap.transition(
-            self.desk.store,
-            record.namespace,
-            record.id,
-            lambda r: ap.finish(r, result, result["_meta"][tasks.DISPOSITION_META]),
+            self.desk.store, record.namespace, record.id, lambda r: ap.finish(r, kept, disposition)
         )
         self.desk.note(done, "Executed", f"the approved call to {record.tool} ran once")
-        wrapped = tasks.response(request_id, tasks.task_result(done, self.desk.settings.poll_interval_ms))
+        answer_now = tasks.task_result(done.with_changes(result=result), self.desk.settings.poll_interval_ms)
+        wrapped = tasks.response(request_id, answer_now)  # the whole result, even when too large to keep
         return b"event: message\ndata: " + wrapped + b"\n\n" if event_stream else wrapped
 
 

@@ -157,6 +157,21 @@ def executed(result: Mapping[str, Any], is_error: bool) -> dict[str, Any]:
     return {**dict(result), "content": content, "isError": is_error, "_meta": meta}
 
 
+def too_large_to_keep(result: Mapping[str, Any]) -> dict[str, Any]:
+    """What later tasks/get return for a result too large to store: that the tool ran, and how it went."""
+    size = len(orjson.dumps(dict(result)))
+    text = (
+        f"callwarden: the tool ran once; its result ({size} bytes) was too large to keep and was "
+        "returned only to the tasks/get that ran it."
+    )
+    meta = {DISPOSITION_META: dict(result.get("_meta") or {}).get(DISPOSITION_META, "approved-executed")}
+    return {
+        "content": [{"type": "text", "text": text}],
+        "isError": result.get("isError") is True,
+        "_meta": meta,
+    }
+
+
 def response(request_id: Any, result: Mapping[str, Any]) -> bytes:
     return orjson.dumps({"jsonrpc": "2.0", "id": request_id, "result": result})
 
