@@ -379,3 +379,41 @@ def test_an_expired_token_never_completes_a_task_and_a_current_one_then_does(
     assert transfers(datapath) == before
     assert get_task(datapath, task_id)["result"]["status"] == "completed"
     assert transfers(datapath) == before + 1
+
+
+def test_an_approval_a_mapping_copies_from_the_arguments_never_runs_another_call(
+    datapath: DataPath, store: ApprovalRecords
+) -> None:
+    """A careless mapping that lets the caller write `context.approval`: the PDP may accept the
+    approval (it binds what the mapping put in the request), but the call it would run must be
+    exactly the approved one, and it is not."""
+    assert datapath.config is not None
+    original = datapath.config
+    finance = original.servers[f"{NAMESPACE}/finance"]
+    tools = []
+    for tool in finance.spec.tools:
+        if tool.name == "transfer_funds" and tool.mapping is not None:
+            evaluation = tool.mapping["evaluation"]
+            context = {**evaluation["context"], "approval": "$params.arguments.?approval"}
+            tools.append(
+                tool.model_copy(update={"mapping": {"evaluation": {**evaluation, "context": context}}})
+            )
+        else:
+            tools.append(tool)
+    leaky = finance.model_copy(update={"spec": finance.spec.model_copy(update={"tools": tools})})
+    datapath.recompile(dataclasses.replace(original, servers={**original.servers, leaky.key: leaky}))
+    try:
+        before = transfers(datapath)
+        task_id, amount = held(datapath, tasks=False)
+        approve(store, task_id)
+        record = store.get(NAMESPACE, task_id)
+        assert record is not None
+        smuggled = {"to": "acct-991", "amount": amount, "approval": record.approval()}
+        body = jsonrpc("tools/call", {"name": "transfer_funds", "arguments": smuggled})
+        response = datapath.post("finance", body, token=datapath.token("finance"))
+        assert response.json()["error"]["code"] == -32001
+        # The PDP did accept the approval; the desk refused to run a call other than the approved one.
+        assert datapath.decision_of(response)["reasons"] == ["approval:already-used"]
+        assert transfers(datapath) == before
+    finally:
+        datapath.recompile(original)

@@ -235,16 +235,26 @@ class ApprovalDesk:
         return Handled(True, "approval:consumed", claimed, verdict=verdict)
 
     def consume(self, server: CompiledServer, verdict: Verdict) -> bool:
-        """Claim every approval that permitted `verdict`; False (deny) if any is not available."""
+        """Claim every approval that permitted `verdict`; False (deny) if any is not available.
+
+        The PDP checked the binding hash; the call itself (server, tool, argument digest) is
+        checked here, because a mapping need not put every argument into the AuthZEN request."""
         namespace = server.server.metadata.namespace
+        try:
+            digest = argument_digest((verdict.params or {}).get("arguments"))
+        except (CanonicalizationError, TypeError, ValueError):
+            return False
+        call = (server.key, verdict.tool, digest)
+
+        def claim_this_call(record: ap.AccessRequestRecord) -> ap.AccessRequestRecord:
+            if (record.server, record.tool, record.arguments_digest) != call:
+                raise ap.InvalidTransition(f"access request {record.id} approved another call")
+            return ap.claim(record, self.clock())
+
         for approval_id in verdict.approvals:
             try:
-                claimed = ap.transition(
-                    self.store,
-                    namespace,
-                    approval_id.removeprefix(ap.APPROVAL_ID_PREFIX),
-                    lambda r: ap.claim(r, self.clock()),
-                )
+                task_id = approval_id.removeprefix(ap.APPROVAL_ID_PREFIX)
+                claimed = ap.transition(self.store, namespace, task_id, claim_this_call)
             except (ap.InvalidTransition, ap.StoreConflict, LookupError):
                 return False
             self.note(claimed, "Executing", f"the approved call to {claimed.tool} is running")

@@ -22,7 +22,7 @@ from typing import Any, Final
 import orjson
 from envoy.service.auth.v3.external_auth_pb2 import CheckRequest, CheckResponse
 
-from callwarden.extauthz import metrics
+from callwarden.extauthz import metrics, tasks
 from callwarden.extauthz.approvals import ApprovalDesk, Handled
 from callwarden.extauthz.audit import DecisionLog, new_decision_id
 from callwarden.extauthz.credentials import Authenticator, Unauthenticated
@@ -283,7 +283,8 @@ class Enforcer:
                 desk.consume(server, v) for v in verdicts if v.approvals
             ):
                 return None
-            used = Handled(False, "approval:already-used", None, _error_body([first], verdicts, False))
+            message = "Access denied: the approval that permits this call is used or no longer valid"
+            used = Handled(False, "approval:already-used", None, tasks.error(first.id, DENIED, message))
             return _handled(server, used, verdicts)
         denied = next(v for v in verdicts if not v.allowed)
         if is_batch or not denied.requestable:
