@@ -38,10 +38,6 @@ pytest_plugins = ("tests.support.kube",)
 
 CHART: Final = ROOT / "charts" / "callwarden"
 NAMESPACE: Final = "callwarden-system"
-# `helm install --dry-run=server` refuses objects that exist without Helm's ownership labels, and the
-# operator tests leave callwarden-system's ServiceAccounts behind in the shared API server: NOTES are
-# rendered into a namespace no other test touches.
-NOTES_NAMESPACE: Final = "callwarden-notes"
 VARIANTS: Final = {
     "default": None,
     "istio": CHART / "ci" / "istio-values.yaml",
@@ -79,9 +75,7 @@ def cluster(kube: Kube) -> Kube:
     and the namespaces it uses."""
     install_crds(kube)
     install_crds(kube, MONITORING_CRDS)
-    kube.apply(
-        namespace_object(NAMESPACE), namespace_object(NOTES_NAMESPACE), namespace_object("board-packet")
-    )
+    kube.apply(namespace_object(NAMESPACE), namespace_object("board-packet"))
     return kube
 
 
@@ -411,9 +405,15 @@ def test_both_monitors_at_once_are_refused(kube: Kube) -> None:
     assert "enable metrics.serviceMonitor or metrics.podMonitor, not both" in result.stderr
 
 
+# A release of its own: a server dry run refuses to adopt objects of the same names that other tests
+# leave in the shared API server without Helm's ownership labels (deploy/rbac's ServiceAccounts and
+# ClusterRoles are named callwarden-<component>, this release's callwarden-notes-<component>).
+NOTES_RELEASE: Final = "callwarden-notes"
+
+
 def notes(cluster: Kube, *settings: str) -> str:
     """NOTES.txt as `helm install` prints it (a server dry run: nothing is installed)."""
-    args = ["install", "callwarden", str(CHART), "--namespace", NOTES_NAMESPACE, "--dry-run=server"]
+    args = ["install", NOTES_RELEASE, str(CHART), "--namespace", NAMESPACE, "--dry-run=server"]
     for setting in settings:
         args += ["--set", setting]
     output = cluster.run_helm(*args).stdout
@@ -425,8 +425,8 @@ def test_notes_tell_the_installer_how_to_check_enforcement(cluster: Kube) -> Non
     text = notes(cluster)
     assert "kubectl get mcpservers --all-namespaces" in text
     assert "ENFORCED" in text and ".status.enforcement.reason" in text
-    assert f"kubectl -n {NOTES_NAMESPACE} rollout status deployment/callwarden-operator" in text
-    assert f"kubectl -n {NOTES_NAMESPACE} rollout status deployment/callwarden-extauthz" in text
+    assert f"kubectl -n {NAMESPACE} rollout status deployment/{NOTES_RELEASE}-operator" in text
+    assert f"kubectl -n {NAMESPACE} rollout status deployment/{NOTES_RELEASE}-extauthz" in text
     assert "mesh.mode=none: the operator wires no Envoy" in text
 
 
@@ -435,12 +435,15 @@ def test_notes_tell_the_installer_how_to_check_enforcement(cluster: Kube) -> Non
     [
         (("mesh.mode=istio",), 'the extension provider "callwarden-ext-authz"'),
         (("mesh.mode=envoy-gateway",), "ReferenceGrant"),
-        (("mesh.mode=gateway",), "calls through the Service callwarden-gateway are checked"),
+        (("mesh.mode=gateway",), "calls through the Service callwarden-notes-gateway are checked"),
         (
             ("metrics.serviceMonitor.enabled=true",),
-            "ServiceMonitors callwarden-extauthz and callwarden-operator",
+            "ServiceMonitors callwarden-notes-extauthz and callwarden-notes-operator",
         ),
-        (("metrics.podMonitor.enabled=true",), "PodMonitors callwarden-extauthz and callwarden-operator"),
+        (
+            ("metrics.podMonitor.enabled=true",),
+            "PodMonitors callwarden-notes-extauthz and callwarden-notes-operator",
+        ),
         ((), "set metrics.serviceMonitor.enabled=true"),
     ],
     ids=["istio", "envoy-gateway", "gateway", "servicemonitor", "podmonitor", "no-monitor"],
