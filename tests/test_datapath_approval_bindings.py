@@ -53,6 +53,14 @@ def held(datapath: DataPath, *, tasks: bool = True) -> tuple[str, int]:
     return task_id, amount
 
 
+def approved(datapath: DataPath, store: ApprovalRecords) -> tuple[int, str]:
+    """The server's transfer count before, and a fresh held transfer a reviewer approved."""
+    before = transfers(datapath)
+    task_id, _ = held(datapath)
+    approve(store, task_id)
+    return before, task_id
+
+
 def assert_not_executed(result: dict[str, Any]) -> None:
     assert result["isError"] is True
     assert result["_meta"][DISPOSITION_META] == "denied-not-executed"
@@ -83,9 +91,7 @@ def test_changed_arguments_are_a_new_request_and_the_approved_call_still_runs_on
 def test_another_user_or_agent_cannot_see_or_complete_the_task(
     datapath: DataPath, store: ApprovalRecords, token: dict[str, Any]
 ) -> None:
-    before = transfers(datapath)
-    task_id, _ = held(datapath)
-    approve(store, task_id)
+    before, task_id = approved(datapath, store)
     for method in ("tasks/get", "tasks/cancel"):
         answer = get_task(datapath, task_id, datapath.token("finance", **token), method=method)
         assert answer["error"] == {"code": -32602, "message": "Failed to retrieve task: Task not found"}
@@ -113,9 +119,7 @@ def test_an_approval_that_expired_before_the_get_is_not_executed(
 def test_an_offboarded_user_s_approved_call_is_not_executed(
     datapath: DataPath, store: ApprovalRecords
 ) -> None:
-    before = transfers(datapath)
-    task_id, _ = held(datapath)
-    approve(store, task_id)
+    before, task_id = approved(datapath, store)
     completed = get_task(datapath, task_id, datapath.token("finance", roles=()))["result"]
     assert_not_executed(completed["result"])
     assert transfers(datapath) == before
@@ -124,9 +128,7 @@ def test_an_offboarded_user_s_approved_call_is_not_executed(
 
 
 def test_a_policy_that_now_denies_wins_over_the_approval(datapath: DataPath, store: ApprovalRecords) -> None:
-    before = transfers(datapath)
-    task_id, _ = held(datapath)
-    approve(store, task_id)
+    before, task_id = approved(datapath, store)
     assert datapath.config is not None
     freeze = ToolPolicy.model_validate(
         {
@@ -152,9 +154,7 @@ def test_a_policy_that_now_denies_wins_over_the_approval(datapath: DataPath, sto
 def test_cancel_after_approval_but_before_execution_means_it_never_runs(
     datapath: DataPath, store: ApprovalRecords
 ) -> None:
-    before = transfers(datapath)
-    task_id, _ = held(datapath)
-    approve(store, task_id)
+    before, task_id = approved(datapath, store)
     cancelled = get_task(datapath, task_id, method="tasks/cancel")["result"]
     assert cancelled["status"] == "cancelled"
     assert get_task(datapath, task_id)["result"]["status"] == "cancelled"
@@ -164,9 +164,7 @@ def test_cancel_after_approval_but_before_execution_means_it_never_runs(
 def test_cancel_after_execution_is_refused_and_the_result_stands(
     datapath: DataPath, store: ApprovalRecords
 ) -> None:
-    before = transfers(datapath)
-    task_id, _ = held(datapath)
-    approve(store, task_id)
+    before, task_id = approved(datapath, store)
     result = get_task(datapath, task_id)["result"]["result"]
     refused = get_task(datapath, task_id, method="tasks/cancel")
     assert refused["error"]["code"] == -32602
@@ -306,9 +304,7 @@ def test_a_call_claimed_by_a_replica_that_died_fails_and_is_never_run_again(
     datapath: DataPath, store: ApprovalRecords
 ) -> None:
     assert datapath.approvals is not None
-    before = transfers(datapath)
-    task_id, _ = held(datapath)
-    approve(store, task_id)
+    before, task_id = approved(datapath, store)
     # The other replica claimed the call and went away before any result came back.
     ap.transition(store, NAMESPACE, task_id, lambda r: ap.claim(r, datetime.now(UTC)))
     assert get_task(datapath, task_id)["result"]["status"] == "working"
@@ -344,6 +340,7 @@ HOSTILE_STATUSES: list[Any] = [
     ("state-uppercase", {"state": "APPROVED", "execution": "none"}),
     ("executed-without-result", {"state": "approved", "execution": "executed"}),
     ("state-a-number", {"state": 1, "execution": "none"}),
+    ("claimed-at-garbage", {"state": "approved", "execution": "claimed", "claimedAt": "soon"}),
     ("no-status", None),
 ]
 
@@ -370,9 +367,7 @@ def test_a_hand_edited_status_never_runs_the_call(
 def test_an_expired_token_never_completes_a_task_and_a_current_one_then_does(
     datapath: DataPath, store: ApprovalRecords
 ) -> None:
-    before = transfers(datapath)
-    task_id, _ = held(datapath)
-    approve(store, task_id)
+    before, task_id = approved(datapath, store)
     expired = datapath.token("finance", ttl=-120)
     refused = datapath.post("finance", jsonrpc("tasks/get", {"taskId": task_id}, id=3), token=expired)
     assert refused.status_code == 401

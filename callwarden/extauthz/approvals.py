@@ -340,12 +340,12 @@ class ApprovalDesk:
             current = self._poll_remote(server, current)
         if current.state == "approved" and current.execution == "none":
             return self._complete(server, current, request_id, claims, cnf=cnf)
-        if current.execution == "claimed" and current.claimed_at is not None:
+        if current.execution == "claimed":
             patience = self.settings.completion_patience
-            if now - ap.parse_time(current.claimed_at) >= patience:
-                current = self._persist(
-                    current, lambda r: ap.lose(r, self.clock(), patience), "Lost", "no result"
-                )
+            # A claim without a readable time (a hand-edited status) has waited long enough.
+            current = self._persist(
+                current, lambda r: ap.lose(r, self.clock(), patience), "Lost", "no result"
+            )
         answer = tasks.task_result(current, self.settings.poll_interval_ms)
         return Handled(
             False, f"approval:task-{answer['status']}", current, tasks.response(request_id, answer)

@@ -276,9 +276,12 @@ def lose(record: AccessRequestRecord, now: datetime, patience: timedelta) -> Acc
     """claimed longer than `patience` without a result -> lost: the replica that ran it went away
     or the server never answered. The call may have run, so it is never run again (SEP-2848
     `failed`: no result is possible)."""
-    _require(record, record.execution == "claimed" and record.claimed_at is not None, "give up on")
-    assert record.claimed_at is not None
-    if now - parse_time(record.claimed_at) < patience:
+    _require(record, record.execution == "claimed", "give up on")
+    try:
+        claimed_at = parse_time(record.claimed_at or "")
+    except ValueError:
+        claimed_at = None  # no readable claim time: nothing says it is still running
+    if claimed_at is not None and now - claimed_at < patience:
         raise InvalidTransition(f"access request {record.id} is still running")
     return record.with_changes(execution="lost", comment="no result came back; the call will not run again")
 
