@@ -1,4 +1,4 @@
-"""`callwarden approvals list|show|approve|deny`: the reviewer's side of held tool calls.
+"""`callwarden approvals list|show|approve|deny|prune`: the reviewer's side of held tool calls.
 
 Against the cluster (`--kubernetes`: AccessRequest objects; approving is a conditional update of
 their status subresource, so RBAC decides who may approve, see deploy/rbac/approver.yaml, and the
@@ -55,6 +55,8 @@ def add_parser(commands: Any) -> None:
     approve.add_argument("--until", help="approval valid until RFC 3339 time or for a duration (30m, 2h, 1d)")
     approve.add_argument("--comment", help="why (kept with the request)")
     approve.add_argument("--as", dest="approver", help="standalone only: the approver's name (default $USER)")
+    prune = actions.add_parser("prune", help="delete requests that are over, decided or run, for a while")
+    prune.add_argument("--older-than", required=True, help="a duration: 30d, 12h, ...")
     deny = actions.add_parser("deny", help="deny one pending request")
     deny.add_argument("id")
     deny.add_argument("--comment", help="why (kept with the request)")
@@ -82,6 +84,8 @@ def _run(args: argparse.Namespace) -> int:
     store, identity = _open(args)
     if args.action == "list":
         return _list(store, args)
+    if args.action == "prune":
+        return _prune(store, args)
     record = _find(store, args.namespace, args.id)
     if args.action == "show":
         print(json.dumps(to_object(record), indent=2, sort_keys=False))
@@ -139,6 +143,24 @@ def _list(store: ApprovalRecords, args: argparse.Namespace) -> int:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    return 0
+
+
+def _prune(store: ApprovalRecords, args: argparse.Namespace) -> int:
+    now = datetime.now(UTC)
+    duration = _DURATION.fullmatch(args.older_than)
+    if duration is None:
+        raise ApprovalsError(f"--older-than {args.older_than!r}: expected a duration like 30d")
+    older_than = timedelta(**{_UNITS[duration.group(2)]: int(duration.group(1))})
+    pruned = []
+    for record in store.all(args.namespace):
+        if ap.prunable(record, now, older_than):
+            try:
+                store.delete(record)
+            except ap.StoreConflict:
+                continue  # it changed since it was read: decide again next time
+            pruned.append(f"{record.namespace}/{record.id}")
+    print(json.dumps({"pruned": pruned}))
     return 0
 
 

@@ -180,3 +180,28 @@ def test_a_claimed_call_without_a_result_is_lost_after_the_patience_and_never_cl
     ):
         with pytest.raises(ap.InvalidTransition):
             step(lost)
+
+
+@pytest.mark.parametrize(
+    ("make", "prunable"),
+    [
+        (record, False),  # pending: a reviewer may still decide
+        (lambda: ap.deny(record(), "carol", NOW), True),
+        (lambda: ap.approve(record(), "carol", NOW), False),  # an unused approval still usable
+        (lambda: ap.claim(ap.approve(record(), "carol", NOW), NOW), False),  # running
+        (
+            lambda: ap.finish(ap.claim(ap.approve(record(), "carol", NOW), NOW), None, "approved-executed"),
+            True,
+        ),
+        (lambda: ap.cancel(record(), NOW), True),
+    ],
+    ids=["pending", "denied", "approved-unused", "running", "executed", "cancelled"],
+)
+def test_only_records_that_are_over_can_be_pruned(make: Any, prunable: bool) -> None:
+    later = NOW + timedelta(minutes=30)
+    assert ap.prunable(make(), later, timedelta(minutes=10)) is prunable
+    assert ap.prunable(make(), later, timedelta(days=1)) is False  # not old enough, whatever it is
+
+
+def test_an_expired_request_is_prunable_once_old_enough() -> None:
+    assert ap.prunable(record(), NOW + timedelta(hours=2), timedelta(minutes=30)) is True

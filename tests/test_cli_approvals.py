@@ -132,3 +132,16 @@ def test_an_unknown_id_is_an_input_error(
 def test_as_is_refused_in_a_cluster(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["approvals", "--kubernetes", "approve", "ar-x", "--as", "carol"]) == 2
     assert "--as is for the standalone store" in capsys.readouterr().err
+
+
+def test_prune_deletes_only_what_is_over(
+    store: ApprovalRecords, store_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pending = store.create(new_record(NAMESPACE))
+    decided = store.create(new_record(NAMESPACE))
+    assert approvals(store_file, "deny", decided.id, "--as", "carol") == 0
+    capsys.readouterr()
+    assert approvals(store_file, "prune", "--older-than", "0s") == 0
+    assert json.loads(capsys.readouterr().out) == {"pruned": [f"{NAMESPACE}/{decided.id}"]}
+    assert store.get(NAMESPACE, pending.id) is not None and store.get(NAMESPACE, decided.id) is None
+    assert approvals(store_file, "prune", "--older-than", "forever") == 2

@@ -146,6 +146,20 @@ class Kube:
         )
         return cast(dict[str, Any], replaced)
 
+    def delete_custom(self, plural: str, namespace: str, name: str, resource_version: str) -> None:
+        """Delete, on the version read (409 if it moved)."""
+        self.custom.delete_namespaced_custom_object(
+            API_GROUP,
+            API_VERSION,
+            namespace,
+            plural,
+            name,
+            body=client.V1DeleteOptions(
+                preconditions=client.V1Preconditions(resource_version=resource_version)
+            ),
+            _request_timeout=REQUEST_TIMEOUT,
+        )
+
     # -- ConfigMaps --
 
     def list_configmaps(self, namespace: str | None, selector: str) -> tuple[list[dict[str, Any]], str]:

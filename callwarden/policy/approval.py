@@ -57,6 +57,7 @@ __all__ = [
     "lose",
     "new_task_id",
     "parse_time",
+    "prunable",
     "refuse",
     "subject_key",
     "transition",
@@ -291,6 +292,27 @@ def refuse(record: AccessRequestRecord, why: str) -> AccessRequestRecord:
     it, or policy now denies it): SEP-2848 `denied-not-executed`, and final."""
     _require(record, record.state == "approved" and record.execution == "none", "refuse")
     return record.with_changes(execution="withdrawn", disposition="denied-not-executed", comment=why)
+
+
+def prunable(record: AccessRequestRecord, now: datetime, older_than: timedelta) -> bool:
+    """Whether a record is over and done with for longer than `older_than`: decided and never to
+    run (or run), or expired; a pending request and an approval still usable are never prunable."""
+    current = expire_if_due(record, now)
+    if current.state == "pending" or current.execution == "claimed":
+        return False
+    if current.state == "approved" and current.execution == "none":
+        try:  # an unused approval is over only once it can no longer be used
+            if now < parse_time(current.approved_until or ""):
+                return False
+        except ValueError:
+            pass
+    if current is not record:  # expired just now, lazily: it ended at its expiry
+        return now - parse_time(record.expires_at) >= older_than
+    try:
+        last = parse_time(current.decided_at or current.created_at)
+    except ValueError:
+        last = parse_time(current.created_at)
+    return now - last >= older_than
 
 
 def finish(

@@ -108,5 +108,9 @@ class ApprovalRecords:
         labels = {SUBJECT_LABEL: subject_key(subject_id)}
         return [from_object(body) for body in self.documents.select(PLURAL, namespace, labels)]
 
+    def delete(self, record: AccessRequestRecord) -> None:
+        """Delete a record on the version read (raises StoreConflict if it moved)."""
+        self.documents.delete(PLURAL, to_object(record))
+
     def event(self, record: AccessRequestRecord, reason: str, message: str, *, warning: bool = False) -> None:
         self.documents.event(to_object(record), reason, message, warning=warning)

@@ -28,6 +28,9 @@ class DocumentStore(Protocol):
         """Write `body.status` if the stored object still has `body.metadata.resourceVersion`;
         raises StoreConflict otherwise. Returns the object as stored."""
 
+    def delete(self, plural: str, body: Mapping[str, Any]) -> None:
+        """Delete the object if it still has `body.metadata.resourceVersion`; raises StoreConflict."""
+
     def event(self, body: Mapping[str, Any], reason: str, message: str, *, warning: bool = False) -> None:
         """Record that something happened to the object (a Kubernetes Event; a log row standalone)."""
 

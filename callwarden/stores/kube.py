@@ -68,6 +68,19 @@ class KubeDocuments:
                 ) from error
             raise
 
+    def delete(self, plural: str, body: Mapping[str, Any]) -> None:
+        metadata = body["metadata"]
+        try:
+            self.kube.delete_custom(
+                plural, metadata["namespace"], metadata["name"], str(metadata["resourceVersion"])
+            )
+        except ApiException as error:
+            if error.status in (404, 409):
+                raise StoreConflict(
+                    f"{plural} {metadata['name']} changed (or vanished) since it was read"
+                ) from error
+            raise
+
     def event(self, body: Mapping[str, Any], reason: str, message: str, *, warning: bool = False) -> None:
         metadata = body["metadata"]
         involved = {
