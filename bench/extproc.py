@@ -72,18 +72,26 @@ def bootstrap_for(variant: str, bundle: Bundle, address: str) -> dict[str, Any]:
     return bootstrap
 
 
-def load_once(url: str, request: Request, seconds: float, use_wrk: bool) -> LoadResult:
-    return run_wrk(url, request, 1, seconds, None) if use_wrk else run_python(url, request, 1, seconds)
+def load_once(url: str, request: Request, seconds: float, use_wrk: bool, connections: int) -> LoadResult:
+    if use_wrk:
+        return run_wrk(url, request, connections, seconds, None)
+    return run_python(url, request, connections, seconds)
 
 
 def run_variant(
-    bootstrap: dict[str, Any], workdir: Path, request: Request, seconds: float, use_wrk: bool
+    bootstrap: dict[str, Any],
+    workdir: Path,
+    request: Request,
+    seconds: float,
+    use_wrk: bool,
+    *,
+    connections: int,
 ) -> dict[str, Any]:
     """One closed-loop run against a fresh Envoy; CPU per request of Envoy and of this process."""
     envoy = start_envoy(bootstrap, workdir, None)
     try:
         own, envoy_before = os.times(), envoy_cpu(envoy)
-        result = load_once(envoy.url, request, seconds, use_wrk)
+        result = load_once(envoy.url, request, seconds, use_wrk, connections)
         after, envoy_after = os.times(), envoy_cpu(envoy)
     finally:
         envoy.stop()
@@ -100,7 +108,9 @@ def run_variant(
     }
 
 
-def measure(smoke: bool, seconds: float, rounds: int) -> dict[str, Any]:
+def measure(
+    smoke: bool, seconds: float, rounds: int, connections: int = 1, variants: tuple[str, ...] = VARIANTS
+) -> dict[str, Any]:
     use_wrk = have("wrk") and not smoke
     with (
         start_issuers({"finance": 0, "documents": 0, "workflow": 0}) as issuers,
@@ -111,18 +121,22 @@ def measure(smoke: bool, seconds: float, rounds: int) -> dict[str, Any]:
         bodies = write_bodies(workdir)
         token = issuers["finance"].mint("alice", FINANCE_AUDIENCE, "board-agent", roles=["analyst"], ttl=3600)
         request = Request(FINANCE_HOST, "/mcp", bodies["allowed"], token=token)
-        samples: dict[str, list[dict[str, Any]]] = {variant: [] for variant in VARIANTS}
+        samples: dict[str, list[dict[str, Any]]] = {variant: [] for variant in variants}
         with start_extauthz(bundle, audit_path=str(workdir / "decisions.jsonl")) as ext_authz:
             for round_number in range(rounds):
                 # Rotated each round: no variant always runs first on a machine that warms up.
-                for variant in VARIANTS[round_number % 3 :] + VARIANTS[: round_number % 3]:
+                turn = round_number % len(variants)
+                for variant in variants[turn:] + variants[:turn]:
                     bootstrap = bootstrap_for(variant, bundle, ext_authz.address)
                     where = workdir / f"envoy-{variant}-{round_number}"
-                    samples[variant].append(run_variant(bootstrap, where, request, seconds, use_wrk))
+                    samples[variant].append(
+                        run_variant(bootstrap, where, request, seconds, use_wrk, connections=connections)
+                    )
     return {
         "generator": "wrk" if use_wrk else "python",
         "seconds_per_run": seconds,
         "rounds": rounds,
+        "connections": connections,
         "load_average": os.getloadavg(),
         "tools_call": {variant: _summary(runs) for variant, runs in samples.items()},
     }
@@ -140,9 +154,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true", help="a fraction of a second per run; no timings")
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--connections", type=int, default=1)
+    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
     args = parser.parse_args(argv)
     seconds, rounds = (0.3, 1) if args.smoke else (args.seconds, args.rounds)
-    results = measure(args.smoke, seconds, rounds)
+    results = measure(args.smoke, seconds, rounds, args.connections, tuple(args.variants))
     text = json.dumps(results, indent=1)
     if args.json is not None:
         args.json.write_text(text + "\n")

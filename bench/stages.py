@@ -34,8 +34,10 @@ from callwarden.extauthz.approvals import approval_desk  # noqa: E402
 from callwarden.extauthz.audit import DecisionLog, new_decision_id  # noqa: E402
 from callwarden.extauthz.decide import DECISION_HEADER, EnforcementState, Enforcer  # noqa: E402
 from callwarden.extauthz.dpop import DpopRuntime, DpopVerifier  # noqa: E402
+from callwarden.extauthz.extproc import Hooks  # noqa: E402
 from callwarden.extauthz.jsonrpc import parse_body  # noqa: E402
 from callwarden.extauthz.responses import allow_response  # noqa: E402
+from callwarden.extauthz.service import default_hooks  # noqa: E402
 from callwarden.extauthz.token import JwksStore, TokenValidator  # noqa: E402
 from callwarden.policy.bundle import Bundle, compile_bundle  # noqa: E402
 from callwarden.policy.decide import decide, decide_messages  # noqa: E402
@@ -201,6 +203,8 @@ def measure(smoke: bool) -> dict[str, Any]:
         decision_log = DecisionLog(path=str(log_path))
         enforcer = Enforcer(EnforcementState.build(bundle, jwks), decision_log)
         line = _sample_line(enforcer, check, log_path, decision_log)
+        hooks = Hooks(default_hooks(decision_log))  # what the data path runs: the tools-list hook
+        hooked = Enforcer(EnforcementState.build(bundle, jwks), decision_log, hooks)
 
         def log_and_flush() -> None:
             for _ in range(100):
@@ -228,6 +232,7 @@ def measure(smoke: bool) -> dict[str, Any]:
                 lambda: allow_response({DECISION_HEADER: "01J0000000000000000000000"}, []).SerializeToString()
             ),
             "metrics (counter + histogram)": us(_metrics_once),
+            "body hook lookup (tools/call: no ext_proc hook)": us(lambda: hooks.for_methods(["tools/call"])),
             "decision log: record (caller's share)": us(lambda: decision_log.record(line)),
             "decision log: record + write (per line, amortised)": round(
                 us(log_and_flush, scale=100) / 100, 2
@@ -236,6 +241,7 @@ def measure(smoke: bool) -> dict[str, Any]:
         decision_log.flush()
         whole = {
             "Enforcer.check, allowed, cached token": us(lambda: enforcer.check(check)),
+            "Enforcer.check, allowed, cached token, body hooks registered": us(lambda: hooked.check(check)),
             "Enforcer.check, denied, cached token": us(
                 lambda: enforcer.check(check_request(bodies["denied"], rs_tokens[0])), scale=2
             ),

@@ -65,3 +65,16 @@ def test_a_stolen_dpop_bound_token_is_useless_without_its_key(demo: subprocess.C
 def test_a_denied_row_shows_the_denial(demo: subprocess.CompletedProcess[str]) -> None:
     row = _row(demo, "entity='other-corp'")
     assert "denied by rule 'board-packet/finance-guardrails/only-examp" in row
+
+
+def test_the_demo_shows_the_analyst_s_and_the_intern_s_catalogs_side_by_side(
+    demo: subprocess.CompletedProcess[str],
+) -> None:
+    lines = demo.stdout.splitlines()
+    start = lines.index("tools/list, filtered by the same policy (the board agent for each caller):") + 1
+    assert [line.split() for line in lines[start : start + 4]] == [
+        ["server", "analyst", "(alice)", "intern", "(bob)"],
+        ["finance", "query_financials", "(none)"],
+        ["documents", "create_doc", "(none)"],
+        ["workflow", "notify_reviewer", "(none)"],
+    ]

@@ -14,6 +14,8 @@ from callwarden.extauthz.envoy import (
     CONTEXT_SERVER_KEY,
     EXT_AUTHZ_CLUSTER,
     EXT_AUTHZ_FILTER,
+    EXT_PROC_CLUSTER,
+    EXT_PROC_FILTER,
     EnvoyProcess,
     EnvoyStartError,
     cluster_name,
@@ -62,6 +64,45 @@ def ext_authz_config(bootstrap: dict[str, Any]) -> dict[str, Any]:
 def test_ext_authz_runs_before_the_router() -> None:
     names = [f["name"] for f in connection_manager(render(mcp_server("a", UPSTREAM)))["http_filters"]]
     assert names == [EXT_AUTHZ_FILTER, "envoy.filters.http.router"]
+
+
+def test_the_ext_proc_filter_sits_between_ext_authz_and_the_router_when_asked_for() -> None:
+    names = [
+        f["name"]
+        for f in connection_manager(render(mcp_server("a", UPSTREAM), ext_proc="127.0.0.1:50051"))[
+            "http_filters"
+        ]
+    ]
+    assert names == [EXT_AUTHZ_FILTER, EXT_PROC_FILTER, "envoy.filters.http.router"]
+
+
+def test_ext_proc_engages_only_for_requests_carrying_the_hook_mark() -> None:
+    (wrapped,) = [
+        f
+        for f in connection_manager(render(mcp_server("a", UPSTREAM), ext_proc="127.0.0.1:1"))["http_filters"]
+        if f["name"] == EXT_PROC_FILTER
+    ]
+    (matcher,) = wrapped["typed_config"]["xds_matcher"]["matcher_list"]["matchers"]
+    unmarked = matcher["predicate"]["not_matcher"]["single_predicate"]
+    assert unmarked["input"]["typed_config"]["header_name"] == "x-callwarden-hook"
+    assert matcher["on_match"]["action"]["typed_config"]["@type"].endswith("SkipFilter")
+
+
+def test_ext_proc_fails_closed_and_asks_for_bodies_only_by_override() -> None:
+    (wrapped,) = [
+        f
+        for f in connection_manager(render(mcp_server("a", UPSTREAM), ext_proc="127.0.0.1:1"))["http_filters"]
+        if f["name"] == EXT_PROC_FILTER
+    ]
+    processor = wrapped["typed_config"]["extension_config"]["typed_config"]
+    assert (processor["failure_mode_allow"], processor["allow_mode_override"]) == (False, True)
+    assert (
+        processor["processing_mode"]["request_body_mode"]
+        == processor["processing_mode"]["response_body_mode"]
+        == "NONE"
+    )
+    assert processor["grpc_service"]["envoy_grpc"] == {"cluster_name": EXT_PROC_CLUSTER}
+    assert EXT_PROC_CLUSTER in clusters(render(mcp_server("a", UPSTREAM), ext_proc="127.0.0.1:1"))
 
 
 def test_ext_authz_fails_closed_with_503_and_the_exact_body() -> None:
@@ -272,6 +313,7 @@ def test_envoy_accepts_a_bootstrap_using_every_feature(tmp_path: Path) -> None:
         mcp_server("finance", "http://127.0.0.1:9001", namespace="acme", hosts=["a.test", "*.b.test"]),
         mcp_server("docs", "https://docs.example.com", hosts=["a.test:8443", "[::1]"], path_prefix="/docs/"),
         mcp_server("big", "http://[::1]:9003", path_prefix="/big", max_request_bytes=8_388_608),
+        ext_proc="127.0.0.1:50052",
     )
     config = tmp_path / "bootstrap.json"
     config.write_text(json.dumps(bootstrap))

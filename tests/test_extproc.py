@@ -9,16 +9,20 @@ without any feature built on it.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import httpx2
 import orjson
 import pytest
 
 from callwarden.demo.servers import TOOLS
+from callwarden.extauthz.envoy import EXT_PROC_FILTER, EnvoyProcess, render_bootstrap
 from callwarden.extauthz.extproc import HOOK_HEADER, Exchange, HookFailure, Hooks
 from tests.support.datapath import ALLOWED_CALLS, DataPath, jsonrpc, start_datapath, tools_call
-from tests.support.envoy import envoy_counter
+from tests.support.envoy import envoy_counter, start_envoy
 
 pytestmark = pytest.mark.integration
 
@@ -100,7 +104,7 @@ def test_a_plain_tools_call_opens_no_ext_proc_stream(datapath: DataPath) -> None
 
 def test_a_client_sent_hook_header_engages_no_hook(datapath: DataPath) -> None:
     before = streams(datapath)
-    forged = {HOOK_HEADER: "test-ping"}
+    forged = {HOOK_HEADER: "test-ping board-packet/finance"}
     response = datapath.post(
         "finance", tools_call(*ALLOWED_CALLS["finance"]), token=datapath.token("finance"), headers=forged
     )
@@ -131,7 +135,73 @@ def test_two_hooks_cannot_claim_the_same_method() -> None:
         Hooks([RewritingHook(), RewritingHook(name="other")])
 
 
+def test_a_hook_name_outside_the_mark_alphabet_is_refused() -> None:
+    with pytest.raises(ValueError, match="not \\[a-z0-9-\\]\\+"):
+        Hooks([RewritingHook(name="two words")])
+
+
 def test_a_batch_engaging_two_hooks_is_refused() -> None:
     hooks = Hooks([RewritingHook(), RewritingHook(name="other", methods=frozenset({"tools/list"}))])
     with pytest.raises(ValueError, match="several response hooks"):
         hooks.for_methods(["ping", "tools/list"])
+
+
+# --- other wirings, against the default hooks (tools-list) ------------------------------------
+
+
+@contextmanager
+def second_envoy(
+    datapath: DataPath, workdir: Path, ext_proc: str, *, matcher: bool = True
+) -> Iterator[EnvoyProcess]:
+    """Another Envoy in front of the same ext_authz + ext_proc server, wired differently."""
+    servers = [compiled.server for compiled in datapath.bundle.servers.values()]
+    bootstrap = render_bootstrap(servers, ext_authz=datapath.gateway.ext_authz.address, ext_proc=ext_proc)
+    if not matcher:  # the bare filter, as Envoy Gateway's EnvoyExtensionPolicy installs it
+        hcm = bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+        hcm["http_filters"] = [
+            f["typed_config"]["extension_config"] if f["name"] == EXT_PROC_FILTER else f
+            for f in hcm["http_filters"]
+        ]
+    with start_envoy(bootstrap, workdir) as envoy:
+        yield envoy
+
+
+def post(
+    envoy: EnvoyProcess, datapath: DataPath, body: bytes, roles: tuple[str, ...] = ("analyst",)
+) -> httpx2.Response:
+    headers = {
+        "host": datapath.host("finance"),
+        "authorization": f"Bearer {datapath.token('finance', roles=roles)}",
+        "content-type": "application/json",
+        "accept": "application/json, text/event-stream",
+    }
+    return httpx2.post(envoy.url + "/mcp", content=body, headers=headers, timeout=10, trust_env=False)
+
+
+@pytest.fixture(scope="module")
+def default_hooks_datapath(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DataPath]:
+    with start_datapath(tmp_path_factory.mktemp("extproc-default")) as running:
+        yield running
+
+
+def test_an_unreachable_ext_proc_fails_hooked_requests_closed_and_nothing_else(
+    default_hooks_datapath: DataPath, tmp_path: Path
+) -> None:
+    with second_envoy(default_hooks_datapath, tmp_path, ext_proc="127.0.0.1:1") as envoy:
+        listed = post(envoy, default_hooks_datapath, jsonrpc("tools/list"))
+        called = post(envoy, default_hooks_datapath, tools_call(*ALLOWED_CALLS["finance"]))
+    assert listed.status_code == 500 and b"query_financials" not in listed.content
+    assert called.status_code == 200 and "result" in called.json()
+
+
+def test_without_the_matcher_every_request_opens_a_stream_and_only_marked_ones_are_hooked(
+    default_hooks_datapath: DataPath, tmp_path: Path
+) -> None:
+    address = default_hooks_datapath.gateway.ext_authz.address
+    with second_envoy(default_hooks_datapath, tmp_path, ext_proc=address, matcher=False) as envoy:
+        called = post(envoy, default_hooks_datapath, tools_call(*ALLOWED_CALLS["finance"]))
+        listed: Any = post(envoy, default_hooks_datapath, jsonrpc("tools/list"), roles=("intern",)).json()
+        opened = envoy_counter(envoy, STREAMS_STARTED)
+    assert "result" in called.json()
+    assert listed["result"]["tools"] == []
+    assert opened == 2

@@ -307,6 +307,18 @@ def test_gateway_envoy_bootstrap_is_valid_for_real_envoy(
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_the_gateway_s_ext_proc_speaks_grpc_to_ext_authz_s_port_over_tls_when_asked(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    (configmap,) = of_kind(rendered["tls"], "ConfigMap")
+    bootstrap = yaml.safe_load(configmap["data"]["envoy.yaml"])
+    clusters = {c["name"]: c for c in bootstrap["static_resources"]["clusters"]}
+    authz, proc = clusters["callwarden_ext_authz"], clusters["callwarden_ext_proc"]
+    assert proc["load_assignment"]["endpoints"] == authz["load_assignment"]["endpoints"]
+    assert proc["transport_socket"] == authz["transport_socket"]
+    assert "http2_protocol_options" in str(proc["typed_extension_protocol_options"])
+
+
 def test_gateway_routes_name_their_mcpserver_for_ext_authz(rendered: dict[str, list[dict[str, Any]]]) -> None:
     (configmap,) = of_kind(rendered["gateway"], "ConfigMap")
     bootstrap = yaml.safe_load(configmap["data"]["envoy.yaml"])

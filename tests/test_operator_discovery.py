@@ -23,10 +23,10 @@ from callwarden.kube.client import Kube
 from callwarden.operator.discovery import Discoverer, Target
 from callwarden.operator.pinning import DiscoveryLimits
 from callwarden.operator.reconcile import Reconciler
-from callwarden.operator.validation import mapping_sha256
 from callwarden.policy.bundle import compile_bundle
 from callwarden.policy.loader import config_from_objects
 from callwarden.policy.mapping import AuthorizationRequests
+from callwarden.policy.mapping.digest import mapping_sha256
 from tests.support.declaring_server import DeclaringServer, finance_mapping
 from tests.support.operator import (
     RESOURCE,

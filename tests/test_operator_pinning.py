@@ -14,7 +14,7 @@ from callwarden.operator.pinning import (
     pin,
     read_listing,
 )
-from callwarden.operator.validation import mapping_sha256
+from callwarden.policy.mapping.digest import mapping_sha256
 from callwarden.policy.model import McpServer
 
 LIMITS = DiscoveryLimits(max_tools=3, max_mapping_bytes=256)

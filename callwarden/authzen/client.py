@@ -34,7 +34,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 import httpx2
@@ -47,6 +47,8 @@ from callwarden.policy.strictjson import JsonRejected, loads
 
 __all__ = ["RemoteAuthzenPdp", "RemotePdpError", "RemotePdps"]
 
+_T = TypeVar("_T")
+
 WELL_KNOWN: Final = "/.well-known/authzen-configuration"
 EVALUATION_PATH: Final = "/access/v1/evaluation"
 EVALUATIONS_PATH: Final = "/access/v1/evaluations"
@@ -55,6 +57,8 @@ MAX_DEPTH: Final = 64
 # What a decision's context may contribute to an audit line; a PDP's context is free-form.
 MAX_REASONS: Final = 32
 MAX_TEXT: Final = 300
+# An action search answered over more pages than this is refused (a PDP looping its tokens).
+MAX_SEARCH_PAGES: Final = 64
 
 
 class PdpObserver(Protocol):
@@ -93,6 +97,7 @@ class _Endpoints:
     evaluation: str
     evaluations: str | None  # None: the PDP has no Access Evaluations API; fan out
     access_requests: str | None = None  # ARAP access_request_endpoint, when published
+    action_search: str | None = None  # None: no Action Search API (tools/list passes unfiltered)
 
 
 class _Breaker:
@@ -234,13 +239,26 @@ class RemoteAuthzenPdp:
             cached = self._cache.get(key)
             if cached is not None:
                 return cached
+        decisions = self._guarded(lambda: self._ask(requests))
+        if self._cache is not None:
+            self._cache.put(key, decisions)
+        return decisions
+
+    def search_actions(self, request: Mapping[str, Any]) -> frozenset[str] | None:
+        """The action names the PDP's Action Search API permits for `request` (subject,
+        resource, context), every page of them; None when its metadata names no action search
+        endpoint (only metadata can: there is no default path to guess). Raises RemotePdpError."""
+        return self._guarded(lambda: self._search(dict(request)))
+
+    def _guarded(self, exchange: Callable[[], _T]) -> _T:
+        """Run one exchange through the circuit breaker, observing every failure."""
         try:
             self._breaker.admit()
         except RemotePdpError as error:
             self._observer.error(error.reason)
             raise
         try:
-            decisions = self._ask(requests)
+            answer = exchange()
         except RemotePdpError as error:
             self._breaker.failed()
             self._observer.error(error.reason)
@@ -250,11 +268,15 @@ class RemoteAuthzenPdp:
             self._observer.error("internal")
             raise
         self._breaker.succeeded()
-        if self._cache is not None:
-            self._cache.put(key, decisions)
-        return decisions
+        return answer
 
     # -- the exchanges --
+
+    def _search(self, request: dict[str, Any]) -> frozenset[str] | None:
+        endpoint = self._endpoints().action_search
+        if endpoint is None:
+            return None
+        return _search_pages(lambda body: self._post(endpoint, body, "search_action"), request)
 
     def _ask(self, requests: Sequence[Mapping[str, Any]]) -> list[Decision]:
         endpoints = self._endpoints()
@@ -299,6 +321,7 @@ class RemoteAuthzenPdp:
             evaluation,
             _endpoint(value, "access_evaluations_endpoint"),
             _endpoint(value, "access_request_endpoint"),
+            _endpoint(value, "search_action_endpoint"),
         )
 
     # -- ARAP: access requests at the PDP's ARS --
@@ -433,6 +456,28 @@ def _requestable(allowed: bool, context: Mapping[str, Any]) -> dict[str, Any] | 
     return {
         k: context[k] for k in ("evaluation_id", "evaluated_at", "reason", "access_request") if k in context
     }
+
+
+def _search_pages(post: Callable[[Mapping[str, Any]], Any], request: dict[str, Any]) -> frozenset[str]:
+    """Every `results[].name` of an Action Search, following `page.next_token` (bounded)."""
+    names: set[str] = set()
+    body = request
+    for _ in range(MAX_SEARCH_PAGES):
+        answer = post(body)
+        results = answer.get("results") if isinstance(answer, dict) else None
+        if not isinstance(results, list) or not all(
+            isinstance(item, dict) and isinstance(item.get("name"), str) for item in results
+        ):
+            raise _malformed("the action search answer has no results array of {name} objects")
+        names.update(item["name"] for item in results)
+        page = answer.get("page")
+        token = page.get("next_token") if isinstance(page, dict) else None
+        if not token:
+            return frozenset(names)
+        if not isinstance(token, str):
+            raise _malformed("the action search answer's page.next_token is not a string")
+        body = {**request, "page": {"token": token}}
+    raise _malformed(f"the action search answer runs past {MAX_SEARCH_PAGES} pages")
 
 
 def _decision(value: Any, where: str) -> Decision:

@@ -259,6 +259,7 @@ def run_demo(config_dir: Path = EXAMPLE, out: IO[str] = sys.stdout) -> int:
                 flow,
             )
             expected_executions[("finance", "transfer_funds")] = 1
+            catalogs = _catalogs(gateway, issuers, bundle)
             gateway.ext_authz.decision_log.flush()
         entries = [json.loads(line) for line in audit_path.read_text().splitlines()]
         decisions = {entry["decision_id"]: entry for entry in entries}
@@ -274,6 +275,7 @@ def run_demo(config_dir: Path = EXAMPLE, out: IO[str] = sys.stdout) -> int:
         ]
         _print_table(rows, out)
         out.write(flow.getvalue())
+        _print_catalogs(catalogs, out)
         surprises += approval_surprises + _unexpected_executions(servers, expected_executions)
         print("\ndecision log (tools/call lines):", file=out)
         for entry in entries:
@@ -283,6 +285,38 @@ def run_demo(config_dir: Path = EXAMPLE, out: IO[str] = sys.stdout) -> int:
         print(f"UNEXPECTED: {surprise}", file=out)
     print("\ndemo " + ("failed" if surprises else "passed: every call decided as expected"), file=out)
     return 1 if surprises else 0
+
+
+# Who the side-by-side catalogs are listed for: the same board agent, for two people.
+CATALOG_CALLERS: Final = (("analyst", "alice", ("analyst",)), ("intern", "bob", ("intern",)))
+
+
+def _catalogs(
+    gateway: Gateway, issuers: RunningIssuers, bundle: Bundle
+) -> list[tuple[str, tuple[tuple[str, ...], ...]]]:
+    """Each server's tools/list as each of CATALOG_CALLERS sees it through the gateway."""
+    return [
+        (
+            server,
+            tuple(
+                _run_session(Session(title, server, sub, roles, ()), gateway, issuers, bundle).tools
+                for title, sub, roles in CATALOG_CALLERS
+            ),
+        )
+        for server in ("finance", "documents", "workflow")
+    ]
+
+
+def _print_catalogs(catalogs: Sequence[tuple[str, tuple[tuple[str, ...], ...]]], out: IO[str]) -> None:
+    print("\ntools/list, filtered by the same policy (the board agent for each caller):", file=out)
+    columns = [f"{title} ({sub})" for title, sub, _ in CATALOG_CALLERS]
+    cells = [[", ".join(tools) or "(none)" for tools in listed] for _, listed in catalogs]
+    widths = [max(len(column), *(len(row[i]) for row in cells)) for i, column in enumerate(columns)]
+    for first, row in [("server", columns), *((server, cells[i]) for i, (server, _) in enumerate(catalogs))]:
+        print(
+            "  ".join([first.ljust(9), *(c.ljust(w) for c, w in zip(row, widths, strict=True))]).rstrip(),
+            file=out,
+        )
 
 
 def _unexpected_executions(servers: RunningServers, expected: Mapping[tuple[str, str], int]) -> list[str]:

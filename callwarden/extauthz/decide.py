@@ -27,7 +27,7 @@ from callwarden.extauthz.approvals import ApprovalDesk, Handled
 from callwarden.extauthz.audit import DecisionLog, new_decision_id
 from callwarden.extauthz.credentials import Authenticator, Unauthenticated
 from callwarden.extauthz.dpop import DpopRuntime, DpopVerifier
-from callwarden.extauthz.extproc import HOOK_HEADER, Hooks
+from callwarden.extauthz.extproc import HOOK_HEADER, Hooks, hook_mark
 from callwarden.extauthz.jsonrpc import BodyRejected, JsonRpcMessage, parse_body
 from callwarden.extauthz.responses import CHECKER_FAILED_BODY, allow_response, deny_response
 from callwarden.extauthz.tasks import TASK_METHODS
@@ -178,7 +178,7 @@ class Enforcer:
             )
             added = {DECISION_HEADER: decision_id}
             if outcome.hook is not None:  # a client-sent value is in `forged`, and replaced
-                added[HOOK_HEADER] = outcome.hook
+                added[HOOK_HEADER] = hook_mark(outcome.hook, outcome.server or "")
             return Answer(True, 200, b"", added, forged, outcome.headers)
         return Answer(False, outcome.status, outcome.body, {**outcome.headers, DECISION_HEADER: decision_id})
 

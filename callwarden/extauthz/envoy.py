@@ -55,6 +55,8 @@ STREAM_IDLE_TIMEOUT = "3600s"
 # One ext_proc message (a whole buffered body) may take this long: a 10,000-tool list is filtered
 # in well under a second (bench/), and a stalled processor fails the request closed after it.
 EXT_PROC_MESSAGE_TIMEOUT = "5s"
+# The largest response a body hook sees (the tools-list hook refuses larger ones itself).
+HOOKED_RESPONSE_BUFFER_BYTES = 16 * 1024 * 1024 + 65536
 
 _EXT_AUTHZ_TYPE = "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz"
 _EXT_AUTHZ_PER_ROUTE_TYPE = "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute"
@@ -327,6 +329,10 @@ def _route(server: McpServer) -> dict[str, Any]:
     return {
         "name": server.key,
         "match": _path_match(_route_path(server)),
+        # ext_proc buffers a hooked response whole (a tools/list of thousands of tools is MBs);
+        # at Envoy's 1 MiB default it answers 500. This stream limit covers that buffer too
+        # (measured on 1.40: a 2.4 MB list passes); ext_authz keeps its own request-body limit.
+        "request_body_buffer_limit": HOOKED_RESPONSE_BUFFER_BYTES,
         "route": {"cluster": cluster_name(server), "timeout": "0s", "idle_timeout": STREAM_IDLE_TIMEOUT},
         "typed_per_filter_config": {
             EXT_AUTHZ_FILTER: {

@@ -7,8 +7,10 @@ only Envoy's External Processing filter (envoy.service.ext_proc.v3) hands out, a
 cannot see the JSON-RPC method when the request headers arrive. So the two filters split it:
 
 1. ext_authz (which has parsed the body) marks an allowed request whose method has a hook with
-   `x-callwarden-hook: <hook name>` (a client-sent value never survives: every client-sent
-   `x-callwarden-*` header is removed);
+   `x-callwarden-hook: <hook name> <McpServer key>` (the server it decided the request for, so
+   both filters agree on it whatever the route; a client-sent value never survives: every
+   client-sent `x-callwarden-*` header is removed, and this service removes the mark before the
+   request goes upstream);
 2. Envoy runs the ext_proc filter only for marked requests (`ExtensionWithMatcher` keyed on that
    header, see `envoy.py`): every other request, a plain `tools/call` included, opens no ext_proc
    stream at all;
@@ -32,6 +34,7 @@ upstreams behind hooked requests can never take the threads that ext_authz check
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -64,6 +67,7 @@ DEFAULT_MAX_STREAMS: Final = 16
 HOOK_FAILED: Final = -32603
 
 _OVERWRITE: Final = HeaderValueOption.HeaderAppendAction.OVERWRITE_IF_EXISTS_OR_ADD
+_HOOK_NAME: Final = re.compile(r"[a-z0-9-]+")
 
 
 class HookFailure(Exception):
@@ -133,6 +137,8 @@ class Hooks:
         self._by_name: dict[str, BodyHook] = {}
         self._by_method: dict[str, str] = {}
         for hook in hooks:
+            if _HOOK_NAME.fullmatch(hook.name) is None:  # the mark is "<name> <server>"
+                raise ValueError(f"hook name {hook.name!r} is not [a-z0-9-]+")
             if hook.name in self._by_name:
                 raise ValueError(f"two hooks are named {hook.name!r}")
             self._by_name[hook.name] = hook
@@ -166,6 +172,11 @@ class StateSource(Protocol):
 
     @property
     def state(self) -> Any: ...  # callwarden.extauthz.decide.EnforcementState (no import cycle)
+
+
+def hook_mark(hook: str, server: str) -> str:
+    """The `x-callwarden-hook` value ext_authz sets: the hook and the McpServer it decided for."""
+    return f"{hook} {server}"
 
 
 def _headers_of(message: HttpHeaders) -> dict[str, str]:
@@ -285,14 +296,17 @@ class ExternalProcessor:
                     headers = _headers_of(request.request_headers)
                     if headers.get(HOOK_HEADER) is None:
                         # Unmarked: only where ext_proc is wired without the header matcher
-                        # (an Istio EnvoyFilter, say). Let it go and ask for nothing more.
+                        # (Envoy Gateway's EnvoyExtensionPolicy, say). Let it go, ask for nothing more.
                         outcome = "unmarked"
                         yield _unmarked()
                         return
                     exchange = self._start(headers)
                     # A body the hook may rewrite changes length: Envoy re-frames it without one.
                     framing = ("content-length",) if exchange.hook.wants_request_body else ()
-                    answer = _continue_headers("request_headers", remove=(HOOK_HEADER, *framing))
+                    # A response the hook reads must come uncompressed: ask the server for identity.
+                    encoding = ("accept-encoding",) if exchange.hook.wants_response_body else ()
+                    remove = (HOOK_HEADER, *framing, *encoding)
+                    answer = _continue_headers("request_headers", remove=remove)
                     answer.mode_override.CopyFrom(_mode_for(exchange.hook))
                     yield answer
                 elif exchange is None:  # Envoy always sends the request headers first
@@ -322,14 +336,15 @@ class ExternalProcessor:
 
     def _start(self, headers: Mapping[str, str]) -> Exchange:
         decision_id = headers.get("x-callwarden-decision-id")
-        hook = self._hooks.named(headers.get(HOOK_HEADER, ""))
+        name, _, key = headers.get(HOOK_HEADER, "").partition(" ")
+        hook = self._hooks.named(name)
         if hook is None:  # only ext_authz sets the header, and only to a registered hook's name
             message = "ext_proc: request carries no known callwarden hook"
             raise _Refused(_immediate(error_body(None, HOOK_FAILED, message), decision_id), "no-hook")
         state = self._source.state
-        server = state.bundle.route(headers.get(":authority", ""), headers.get(":path", ""))
-        if server is None:
-            message = "ext_proc: no McpServer is configured for this route"
+        server = state.bundle.servers.get(key)
+        if server is None:  # the bundle changed between the check and now, and dropped it
+            message = "ext_proc: the McpServer of this request is no longer configured"
             raise _Refused(_immediate(error_body(None, HOOK_FAILED, message), decision_id), "no-route")
         try:
             claims = state.authenticators[server.key].token_claims(headers.get("authorization"))

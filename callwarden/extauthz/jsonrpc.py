@@ -84,6 +84,12 @@ def parse_body(raw: bytes, *, max_bytes: int, max_depth: int = 64, max_batch: in
         value = strictjson.loads(raw, max_depth=max_depth)
     except strictjson.JsonRejected as rejected:
         raise BodyRejected(rejected.reason, rejected.message) from None
+    return parse_value(value, max_batch=max_batch)
+
+
+def parse_value(value: Any, *, max_batch: int = MAX_BATCH) -> ParsedBody:
+    """The JSON-RPC shape checks of `parse_body`, on a value `strictjson` has already parsed (a
+    caller that needs the value itself, e.g. to rewrite a response, parses once)."""
     if type(value) is not list:
         message = _message(value, None)
         return ParsedBody((message,), False, message.id if message.kind == "request" else None)

@@ -82,6 +82,27 @@ EXTPROC_STREAMS: Final = Counter(
     registry=REGISTRY,
 )
 
+# tools/list filtering (callwarden.extauthz.tools_list).
+CATALOG_RESPONSES: Final = Counter(
+    "callwarden_catalog_responses_total",
+    "tools/list responses seen by the tools-list hook, by McpServer and outcome (filtered; "
+    "unfiltered: the server's PDP is remote and cannot answer the catalog question; rejected).",
+    ["server", "outcome"],
+    registry=REGISTRY,
+)
+CATALOG_TOOLS_REMOVED: Final = Counter(
+    "callwarden_catalog_tools_removed_total",
+    "Tools removed from tools/list responses because the caller could never call them.",
+    ["server"],
+    registry=REGISTRY,
+)
+MAPPING_DRIFT: Final = Counter(
+    "callwarden_mapping_drift_total",
+    "Tools in passing tools/list responses whose declared mapping differs from the pinned one.",
+    ["server"],
+    registry=REGISTRY,
+)
+
 
 class PdpMetrics:
     """The remote-PDP client's observer: its latency and failures as Prometheus metrics."""

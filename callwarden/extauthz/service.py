@@ -23,6 +23,7 @@ from callwarden.extauthz.extproc import BodyHook, ExternalProcessor, Hooks
 from callwarden.extauthz.http_authz import HttpAuthzServer
 from callwarden.extauthz.server import DEFAULT_WORKERS, RunningServer, ServerTls, serve
 from callwarden.extauthz.token import JwksStore
+from callwarden.extauthz.tools_list import ToolsListHook
 from callwarden.policy.bundle import Bundle
 
 
@@ -56,9 +57,9 @@ class ExtAuthz:
 ReadyCheck = Callable[[], tuple[bool, str]]
 
 
-def default_hooks() -> tuple[BodyHook, ...]:
+def default_hooks(decision_log: DecisionLog) -> tuple[BodyHook, ...]:
     """The body hooks every enforcement point runs unless told otherwise."""
-    return ()
+    return (ToolsListHook(decision_log),)
 
 
 def _readiness(decision_log: DecisionLog, checks: Sequence[ReadyCheck]) -> tuple[bool, str]:
@@ -87,9 +88,9 @@ def start_extauthz(
     ready_checks: Sequence[ReadyCheck] = (),
     tls: ServerTls | None = None,
     http_authz_listen: str | None = None,
+    dpop: DpopRuntime | None = None,
     hooks: Sequence[BodyHook] | None = None,
     approvals: ApprovalDesk | None = None,
-    dpop: DpopRuntime | None = None,
 ) -> Iterator[ExtAuthz]:
     """Serve Envoy's Check for `bundle` until the block exits; the decision log is flushed then.
 
@@ -116,7 +117,7 @@ def start_extauthz(
         if approvals is not None:
             approvals.warm()
             stack.callback(approvals.close)
-        chosen = tuple(default_hooks() if hooks is None else hooks)
+        chosen = tuple(default_hooks(decision_log) if hooks is None else hooks)
         registered = Hooks(chosen if approvals is None else (*chosen, ApprovalCompletion(approvals)))
         enforcer = Enforcer(EnforcementState.build(bundle, jwks, dpop), decision_log, registered, approvals)
         checks = tuple(ready_checks)

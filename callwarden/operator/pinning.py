@@ -4,7 +4,7 @@ Pure, like `plan.py` (which calls it): a discovery result in (from `discovery.py
 fetched), the bundle object and status entries out.
 
 A declared mapping learned from a server's tools/list is untrusted input (DESIGN.md §4). It is
-pinned by the SHA-256 of its canonical JSON (`validation.mapping_sha256`, the hash status.tools
+pinned by the SHA-256 of its canonical JSON (`policy.mapping.digest.mapping_sha256`, the hash status.tools
 reports): the operator writes it into the bundle as the tool's `declared` object only while its
 hash equals the tool's `spec.tools[].acceptedMappingHash`, and only if it compiles. When the
 server publishes anything else (a new tool, a changed or removed mapping, one that does not
@@ -25,8 +25,9 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from callwarden.operator.status import DISCOVERED, MAPPING_CHANGED, Condition
-from callwarden.operator.validation import DECLARED_KEYS, describe_tool, mapping_sha256
+from callwarden.operator.validation import describe_tool
 from callwarden.policy.mapping import compile_server_mapping
+from callwarden.policy.mapping.digest import DECLARED_KEYS, mapping_sha256
 from callwarden.policy.model import TOOL_NAME, McpServer, Tool
 
 # Reasons of Discovered.

@@ -8,8 +8,6 @@ never hides another's.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Literal
@@ -17,6 +15,7 @@ from typing import Any, Final, Literal
 from callwarden.policy.loader import ConfigError, config_from_objects
 from callwarden.policy.mapping import MappingCompileError, compile_server_mapping
 from callwarden.policy.mapping.defaults import default_mappings
+from callwarden.policy.mapping.digest import DECLARED_KEYS, mapping_sha256
 from callwarden.policy.model import McpServer, Tool, ToolPolicy
 from callwarden.policy.pdp import check_policy
 
@@ -26,7 +25,6 @@ MAPPING_ERROR: Final = "MappingError"
 COMPILE_ERROR: Final = "CompileError"
 
 MappingSource = Literal["platform", "declared", "default"]
-DECLARED_KEYS: Final = ("x-coaz-mapping", "x-authzen-mapping")
 
 
 @dataclass(frozen=True)
@@ -126,10 +124,3 @@ def describe_tool(server: McpServer, tool: Tool) -> ToolMapping:
                 return ToolMapping(tool.name, "declared", mapping_sha256(schema[key]))
     default = default_mappings(server.spec.identity.agent_claim)["tools/call"]
     return ToolMapping(tool.name, "default", mapping_sha256(default))
-
-
-def mapping_sha256(value: Any) -> str:
-    """SHA-256 (hex) of a mapping's canonical JSON: sorted keys, no spaces, UTF-8. The hash an
-    McpServer's `acceptedMappingHash` pins and status.tools reports."""
-    canonical = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(canonical.encode()).hexdigest()

@@ -46,6 +46,7 @@ from callwarden.policy.pip import InformationSource, enrich
 __all__ = [
     "RULE_VARIABLES",
     "AuthzenRequestError",
+    "CompiledRule",
     "Decision",
     "EmbeddedPdp",
     "PolicyCompileError",
@@ -108,6 +109,10 @@ class _CompiledRule:
     when: Program | None
     tools: tuple[str, ...]
     methods: tuple[str, ...]
+
+
+# What `tool_rules` hands out: read-only, for the catalog question (`policy.catalog`).
+CompiledRule = _CompiledRule
 
 
 class _Malformed(Exception):
@@ -173,6 +178,10 @@ class EmbeddedPdp:
         self._methods = _NameIndex((glob, rule) for rule in rules for glob in rule.methods)
         self.information = information
         self.approvals = approvals
+
+    def tool_rules(self, tool: str) -> Sequence[CompiledRule]:
+        """The rules that target a tools/call of `tool`, in evaluation order (`policy.catalog`)."""
+        return self._tools.candidates(tool)
 
     def action_names(self) -> tuple[str, ...]:
         """The action names that rules target literally (`tools` entries without wildcards)."""

@@ -176,9 +176,9 @@ def start_datapath(
     jwks: JwksStore | None = None,
     remote_pdp: RemotePdpFactory | None = None,
     transport: str = "grpc",
+    dpop: bool | Dpop = False,
     hooks: Sequence[BodyHook] | None = None,
     approvals: ApprovalStore | None = None,
-    dpop: bool | Dpop = False,
 ) -> Iterator[DataPath]:
     """The board-packet scenario behind real Envoy, on free loopback ports, until the block exits.
 

@@ -13,18 +13,14 @@ a test changes a tool's published mapping, or adds tools, while it runs:
 
 from __future__ import annotations
 
-import asyncio
-import socket
-import threading
-import time
-from types import TracebackType
 from typing import Any, Final
 
-import uvicorn
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.tools.base import Tool
 from mcp.server.transport_security import TransportSecuritySettings
 from starlette.types import ASGIApp, Receive, Scope, Send
+
+from tests.support.asgi_server import ServedApp
 
 MAPPING_KEY: Final = "x-authzen-mapping"
 
@@ -68,34 +64,19 @@ class _RequireBearer:
         await self.app(scope, receive, send)
 
 
-class DeclaringServer:
+class DeclaringServer(ServedApp):
     """The server, started on construction; a context manager that stops it."""
 
     def __init__(self, *, token: str, port: int = 0) -> None:
         self._tools = {name: Tool.from_function(function) for name, function in _FUNCTIONS.items()}
         self._mcp = MCPServer("declaring", tools=list(self._tools.values()), log_level="WARNING")
-        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._sock.bind(("127.0.0.1", port))
-        self.port: int = self._sock.getsockname()[1]
         app = self._mcp.streamable_http_app(
             streamable_http_path="/mcp",
             json_response=True,
             stateless_http=True,
             transport_security=TransportSecuritySettings(enable_dns_rebinding_protection=False),
         )
-        self._uvicorn = uvicorn.Server(
-            uvicorn.Config(_RequireBearer(app, token), log_config=None, log_level="warning", lifespan="on")
-        )
-        self._thread = threading.Thread(
-            target=asyncio.run, args=(self._uvicorn.serve(sockets=[self._sock]),), daemon=True
-        )
-        self._thread.start()
-        deadline = time.monotonic() + 15
-        while not self._uvicorn.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("the declaring MCP server did not start")
-            time.sleep(0.01)
+        super().__init__(_RequireBearer(app, token), port=port)
 
     @property
     def url(self) -> str:
@@ -109,16 +90,3 @@ class DeclaringServer:
         tool.parameters.update(schema)
         if mapping is not None:
             tool.parameters[MAPPING_KEY] = mapping
-
-    def stop(self) -> None:
-        self._uvicorn.should_exit = True
-        self._thread.join(timeout=10)
-        self._sock.close()
-
-    def __enter__(self) -> DeclaringServer:
-        return self
-
-    def __exit__(
-        self, kind: type[BaseException] | None, value: BaseException | None, trace: TracebackType | None
-    ) -> None:
-        self.stop()

@@ -36,11 +36,12 @@ class _Handler(BaseHTTPRequestHandler):
         body = self._read_body()
         headers = tuple((name.lower(), value) for name, value in self.headers.items())
         self.server.record(ReceivedRequest(self.command, self.path, headers, body))
+        answer, content_type = self.server.answer
         self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(RESULT_BODY)))
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(answer)))
         self.end_headers()
-        self.wfile.write(RESULT_BODY)
+        self.wfile.write(answer)
 
     do_GET = do_POST = do_PUT = do_DELETE = _record_and_answer
 
@@ -66,6 +67,7 @@ class _RecordingServer(ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), _Handler)
         self._lock = threading.Lock()
         self._requests: list[ReceivedRequest] = []
+        self.answer = (RESULT_BODY, "application/json")  # what every request gets back
 
     def record(self, request: ReceivedRequest) -> None:
         with self._lock:
@@ -97,6 +99,10 @@ class RecordingUpstream:
     @property
     def count(self) -> int:
         return len(self.requests)
+
+    def answer_with(self, body: bytes, content_type: str = "application/json") -> None:
+        """Answer every later request with `body` (a test's stand-in for a misbehaving server)."""
+        self._server.answer = (body, content_type)
 
 
 @contextmanager

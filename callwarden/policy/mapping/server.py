@@ -52,6 +52,22 @@ class ServerMapping:
         self._tools = tools
         self.errors = errors
 
+    @property
+    def server(self) -> str:
+        return self._server
+
+    @property
+    def subject_claim(self) -> str:
+        return self._subject_claim
+
+    @property
+    def agent_claim(self) -> str:
+        return self._agent_claim
+
+    def tool_plan(self, tool: str) -> Plan | MappingCompileError:
+        """The compiled mapping a tools/call of `tool` runs (`policy.catalog` reads it)."""
+        return self._tools.get(tool, self._default_call)
+
     def map(
         self,
         method: str,
