@@ -30,6 +30,7 @@ from harness import EXAMPLE, cpu_us_per_call, write_config  # noqa: E402
 from callwarden.demo.dpop import DpopKey  # noqa: E402
 from callwarden.demo.issuers import RunningIssuers, start_issuers  # noqa: E402
 from callwarden.extauthz import metrics  # noqa: E402
+from callwarden.extauthz.approvals import approval_desk  # noqa: E402
 from callwarden.extauthz.audit import DecisionLog, new_decision_id  # noqa: E402
 from callwarden.extauthz.decide import DECISION_HEADER, EnforcementState, Enforcer  # noqa: E402
 from callwarden.extauthz.dpop import DpopRuntime, DpopVerifier  # noqa: E402
@@ -39,10 +40,12 @@ from callwarden.extauthz.responses import allow_response  # noqa: E402
 from callwarden.extauthz.service import default_hooks  # noqa: E402
 from callwarden.extauthz.token import JwksStore, TokenValidator  # noqa: E402
 from callwarden.policy.bundle import Bundle, compile_bundle  # noqa: E402
-from callwarden.policy.decide import decide  # noqa: E402
+from callwarden.policy.decide import decide, decide_messages  # noqa: E402
 from callwarden.policy.loader import load_config  # noqa: E402
 from callwarden.policy.mapping import AuthorizationRequests  # noqa: E402
 from callwarden.policy.model import Dpop  # noqa: E402
+from callwarden.stores.approvals import ApprovalRecords  # noqa: E402
+from callwarden.stores.sqlite import SqliteDocuments  # noqa: E402
 
 FINANCE = "board-packet/finance"
 DOCUMENTS = "board-packet/documents"
@@ -168,7 +171,8 @@ def measure(smoke: bool) -> dict[str, Any]:
         start_issuers({"finance": 0, "documents": 0, "workflow": 0}) as issuers,
         tempfile.TemporaryDirectory() as tmp,
     ):
-        bundle = bundle_for(write_config(issuers, Path(tmp) / "config"))
+        issuers_config = write_config(issuers, Path(tmp) / "config")
+        bundle = bundle_for(issuers_config)
         finance = bundle.servers[FINANCE]
         jwks = JwksStore()
         rs_tokens = [
@@ -254,6 +258,9 @@ def measure(smoke: bool) -> dict[str, Any]:
             lambda: quiet_enforcer.check(check)
         )
         queue_only.close()
+        held_stage, held_whole = _with_approvals(Path(tmp), issuers_config, jwks, check, us, claims=claims)
+        stages["approval check of an allowed call (no store access)"] = held_stage
+        whole["Enforcer.check, allowed, approvals on (SQLite store)"] = held_whole
         decision_log.close()
         dpop_stage, dpop_whole = dpop_costs(
             issuers, Path(tmp) / "config", jwks, us, calls=max(50, loops // 20) * (repeats + 1) + 10
@@ -278,6 +285,38 @@ class _QueueOnlyLog(DecisionLog):
 
     def record(self, line: Mapping[str, Any]) -> None:
         self.kept.append(orjson.dumps(dict(line), option=orjson.OPT_APPEND_NEWLINE))
+
+
+def _with_approvals(
+    tmp: Path,
+    config: Path,
+    jwks: JwksStore,
+    check: CheckRequest,
+    us: Callable[[Callable[[], Any]], float],
+    *,
+    claims: Mapping[str, Any],
+) -> tuple[float, float]:
+    """The allowed call again, with the approval workflow on: a call no RequireApproval rule holds
+    must not touch the store (the desk only looks at a verdict that is requestable or approval-made).
+    Returns (the desk's look at the allowed verdict, the whole check)."""
+    store = ApprovalRecords(SqliteDocuments(tmp / "approvals.db"))
+    desk = approval_desk(store, tmp / "binding-key.pem", "urn:bench", create_key=True)
+    bundle = compile_bundle(load_config([config]), approvals=desk.authority)
+    approvals_log = DecisionLog(path=os.devnull)
+    enforcer = Enforcer(EnforcementState.build(bundle, jwks), approvals_log, approvals=desk)
+    finance = bundle.servers[FINANCE]
+    body = parse_body(bytes(check.attributes.request.http.raw_body), max_bytes=1 << 20)
+    verdicts = decide_messages(finance, body.messages, claims)
+    first = body.messages[0]
+    stage = us(
+        lambda: enforcer._held(
+            desk, server=finance, first=first, is_batch=False, verdicts=verdicts, claims=claims
+        )
+    )
+    cost = us(lambda: enforcer.check(check))
+    approvals_log.close()
+    desk.close()
+    return stage, cost
 
 
 def _metrics_once() -> None:

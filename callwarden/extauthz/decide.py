@@ -22,13 +22,15 @@ from typing import Any, Final
 import orjson
 from envoy.service.auth.v3.external_auth_pb2 import CheckRequest, CheckResponse
 
-from callwarden.extauthz import metrics
+from callwarden.extauthz import metrics, tasks
+from callwarden.extauthz.approvals import ApprovalDesk, Handled
 from callwarden.extauthz.audit import DecisionLog, new_decision_id
 from callwarden.extauthz.credentials import Authenticator, Unauthenticated
 from callwarden.extauthz.dpop import DpopRuntime, DpopVerifier
 from callwarden.extauthz.extproc import HOOK_HEADER, Hooks, hook_mark
 from callwarden.extauthz.jsonrpc import BodyRejected, JsonRpcMessage, parse_body
 from callwarden.extauthz.responses import CHECKER_FAILED_BODY, allow_response, deny_response
+from callwarden.extauthz.tasks import TASK_METHODS
 from callwarden.extauthz.token import JwksStore, TokenValidator
 from callwarden.policy.bundle import Bundle, CompiledServer
 from callwarden.policy.decide import DENIED, JsonRpcError, Verdict, decide_messages, deciding_reasons
@@ -122,17 +124,23 @@ class _Outcome:
     body: bytes = b""
     headers: dict[str, str] = field(default_factory=dict)
     hook: str | None = None  # the ext_proc hook an allowed body engages (extproc.py)
+    approval: dict[str, Any] | None = None  # the access request a held call concerns (approvals.py)
 
 
 class Enforcer:
     """The ext_authz `Checker`: decides every request by the current enforcement state."""
 
     def __init__(
-        self, state: EnforcementState, decision_log: DecisionLog, hooks: Hooks | None = None
+        self,
+        state: EnforcementState,
+        decision_log: DecisionLog,
+        hooks: Hooks | None = None,
+        approvals: ApprovalDesk | None = None,
     ) -> None:
         self._state = state
         self._log = decision_log
         self._hooks = hooks if hooks is not None else Hooks()
+        self._approvals = approvals
 
     @property
     def state(self) -> EnforcementState:
@@ -221,7 +229,26 @@ class Enforcer:
             body = parse_body(http.body, max_bytes=server.server.spec.max_request_bytes)
         except BodyRejected as rejected:
             return _body_denial(server, status, rejected.reason, rejected.message, rejected.code)
+        first = body.messages[0]
+        if self._approvals is not None and not body.is_batch and first.method in TASK_METHODS:
+            handled = self._approvals.task_method(
+                server, first.method, first.id, first.params, claims, cnf=cnf
+            )
+            if handled is not None:
+                return _handled(server, handled, [])
         verdicts = decide_messages(server, body.messages, claims, cnf=cnf)
+        if self._approvals is not None:
+            held = self._held(
+                self._approvals,
+                server=server,
+                first=first,
+                is_batch=body.is_batch,
+                verdicts=verdicts,
+                claims=claims,
+                cnf=cnf,
+            )
+            if held is not None:
+                return held
         denied = [v for v in verdicts if not v.allowed]
         outcome = _Outcome(not denied, 200, server=server.key, http_method="POST", verdicts=verdicts)
         outcome.reasons = deciding_reasons(verdicts)
@@ -237,6 +264,33 @@ class Enforcer:
             outcome.body = _error_body(body.messages, verdicts, body.is_batch)
             outcome.headers = dict(JSON_CONTENT_TYPE)
         return outcome
+
+    def _held(
+        self,
+        desk: ApprovalDesk,
+        *,
+        server: CompiledServer,
+        first: JsonRpcMessage,
+        is_batch: bool,
+        verdicts: list[Verdict],
+        claims: Mapping[str, Any],
+        cnf: Mapping[str, Any] | None = None,
+    ) -> _Outcome | None:
+        """The approval workflow's answer for a decided body, or None to answer it as decided."""
+        if all(v.allowed for v in verdicts):
+            # A permit that an approval granted runs only if that approval can be claimed now.
+            if all(not v.approvals for v in verdicts) or all(
+                desk.consume(server, v) for v in verdicts if v.approvals
+            ):
+                return None
+            message = "Access denied: the approval that permits this call is used or no longer valid"
+            used = Handled(False, "approval:already-used", None, tasks.error(first.id, DENIED, message))
+            return _handled(server, used, verdicts)
+        denied = next(v for v in verdicts if not v.allowed)
+        if is_batch or not denied.requestable:
+            return None
+        handled = desk.requestable(server, first.id, denied, claims, self._state.bundle.revision, cnf=cnf)
+        return None if handled is None else _handled(server, handled, verdicts)
 
     # -- the log line -----------------------------------------------------------------
 
@@ -263,6 +317,7 @@ class Enforcer:
                 "revision": revision,
                 "latency_ms": round(latency * 1000, 3),
                 **({"hook": outcome.hook} if outcome.hook is not None else {}),
+                **({"approval": outcome.approval} if outcome.approval is not None else {}),
             }
         )
 
@@ -305,6 +360,22 @@ def _error_body(messages: Sequence[JsonRpcMessage], verdicts: Sequence[Verdict],
     if not responses:  # only notifications: no id to answer, but the client must see the denial
         return orjson.dumps({"jsonrpc": "2.0", "id": None, "error": first_error.to_json()})
     return orjson.dumps(responses if is_batch else responses[0])
+
+
+def _handled(server: CompiledServer, handled: Handled, verdicts: list[Verdict]) -> _Outcome:
+    """The outcome of a message the approval desk answered or let run."""
+    fields = handled.log_fields().get("approval")
+    shown = [handled.verdict] if handled.verdict is not None else verdicts
+    outcome = _Outcome(handled.allowed, 200, server=server.key, http_method="POST", verdicts=shown)
+    outcome.reasons = (handled.reason,)
+    outcome.approval = fields
+    outcome.hook = handled.hook
+    if not handled.allowed:  # answered by callwarden itself: a JSON-RPC result or error, HTTP 200
+        outcome.code = DENIED
+        outcome.message = handled.reason
+        outcome.body = handled.body
+        outcome.headers = dict(JSON_CONTENT_TYPE)
+    return outcome
 
 
 def _http_denial(status: int, message: str, reason: str, http_method: str) -> _Outcome:

@@ -8,13 +8,15 @@ given, else the pod's service account (in cluster), else the usual `$KUBECONFIG`
 from __future__ import annotations
 
 import base64
+import time
+from datetime import UTC, datetime
 from typing import Any, Final, cast
 
 from kubernetes import client
 from kubernetes import config as _config
 from kubernetes.client.exceptions import ApiException
 
-from callwarden.policy.model import API_GROUP, API_VERSION
+from callwarden.policy.model import API_GROUP, API_VERSION, GROUP_VERSION
 
 # kubernetes.config has no type hints (the generated client has).
 config: Any = _config
@@ -84,6 +86,77 @@ class Kube:
             patch,
             field_manager=FIELD_MANAGER,
             _content_type="application/merge-patch+json",
+            _request_timeout=REQUEST_TIMEOUT,
+        )
+
+    def create_custom(self, plural: str, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+        created: Any = self.custom.create_namespaced_custom_object(
+            API_GROUP,
+            API_VERSION,
+            namespace,
+            plural,
+            body,
+            field_manager=FIELD_MANAGER,
+            _request_timeout=REQUEST_TIMEOUT,
+        )
+        return cast(dict[str, Any], created)
+
+    def get_custom(self, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
+        """The object, or None if there is none."""
+        try:
+            found: Any = self.custom.get_namespaced_custom_object(
+                API_GROUP, API_VERSION, namespace, plural, name, _request_timeout=REQUEST_TIMEOUT
+            )
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+        return cast(dict[str, Any], found)
+
+    def list_custom_labelled(self, plural: str, namespace: str | None, selector: str) -> list[dict[str, Any]]:
+        listed: Any
+        if namespace is None:
+            listed = self.custom.list_cluster_custom_object(
+                API_GROUP, API_VERSION, plural, label_selector=selector, _request_timeout=REQUEST_TIMEOUT
+            )
+        else:
+            listed = self.custom.list_namespaced_custom_object(
+                API_GROUP,
+                API_VERSION,
+                namespace,
+                plural,
+                label_selector=selector,
+                _request_timeout=REQUEST_TIMEOUT,
+            )
+        items: list[dict[str, Any]] = listed.get("items") or []
+        return items
+
+    def replace_status(self, plural: str, body: dict[str, Any]) -> dict[str, Any]:
+        """PUT the status subresource, conditional on `body.metadata.resourceVersion` (409 if it moved)."""
+        metadata = body["metadata"]
+        replaced: Any = self.custom.replace_namespaced_custom_object_status(
+            API_GROUP,
+            API_VERSION,
+            metadata["namespace"],
+            plural,
+            metadata["name"],
+            body,
+            field_manager=FIELD_MANAGER,
+            _request_timeout=REQUEST_TIMEOUT,
+        )
+        return cast(dict[str, Any], replaced)
+
+    def delete_custom(self, plural: str, namespace: str, name: str, resource_version: str) -> None:
+        """Delete, on the version read (409 if it moved)."""
+        self.custom.delete_namespaced_custom_object(
+            API_GROUP,
+            API_VERSION,
+            namespace,
+            plural,
+            name,
+            body=client.V1DeleteOptions(
+                preconditions=client.V1Preconditions(resource_version=resource_version)
+            ),
             _request_timeout=REQUEST_TIMEOUT,
         )
 
@@ -177,6 +250,31 @@ class Kube:
         )
         data: dict[str, Any] = self.to_json(replaced)
         return data
+
+
+def event_body(
+    involved: dict[str, Any], event_type: str, reason: str, message: str, *, component: str, instance: str
+) -> dict[str, Any]:
+    """A core/v1 Event about the callwarden.io object `involved` ({kind, name, namespace, uid})."""
+    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {
+            "name": f"{involved['name'][:200]}.{time.time_ns():x}",
+            "namespace": involved["namespace"],
+        },
+        "involvedObject": {"apiVersion": GROUP_VERSION, **involved},
+        "type": event_type,
+        "reason": reason,
+        "message": message[:1024],
+        "source": {"component": component},
+        "reportingComponent": component,
+        "reportingInstance": instance[:128],
+        "firstTimestamp": now,
+        "lastTimestamp": now,
+        "count": 1,
+    }
 
 
 def describe_error(error: Exception) -> str:

@@ -1,4 +1,4 @@
-"""The `McpServer` and `ToolPolicy` specs: the single source of the CRD schemas.
+"""The `McpServer`, `ToolPolicy` and `AccessRequest` specs: the single source of the CRD schemas.
 
 These models validate configuration (CRD objects or the same YAML on disk) once, at load
 time. The hot path never touches pydantic: `policy.bundle` compiles validated specs into
@@ -290,6 +290,69 @@ class ToolPolicySpec(Spec):
         return rules
 
 
+# --- AccessRequest ------------------------------------------------------------------------
+
+Timestamp = Annotated[
+    str, StringConstraints(pattern=r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)$")
+]
+
+
+class Requester(Spec):
+    """Who asked: the agent (the token's agent claim) and the RFC 8693 actor chain, current first."""
+
+    agent: str | None = None
+    actors: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class Submission(Spec):
+    """How an access request reached callwarden's ARS endpoint (absent for held MCP calls)."""
+
+    binding_token_id: Annotated[str, StringConstraints(max_length=128)] = Field(
+        description="The `jti` of the binding token submitted: each token opens one request."
+    )
+    idempotency_key: Annotated[str, StringConstraints(max_length=256)] | None = None
+    body_digest: Annotated[str, StringConstraints(max_length=128)] = Field(
+        description="sha256 of the submitted body's RFC 8785 form: a same-key retry must match it."
+    )
+
+
+class AccessRequestSpec(Spec):
+    """The binding record of one requested tool call (SEP-2848), written once and never changed.
+
+    An approval covers exactly this subject, tool, argument digest, resource, action and context;
+    the decision (`status.state`: pending, then one of approved, denied, expired, cancelled,
+    failed) is a change of the status subresource, which is what approving means in RBAC terms.
+    """
+
+    server: Annotated[str, StringConstraints(min_length=1, max_length=507)] = Field(
+        description="The McpServer key, `namespace/name` (`authzen` for a request made at the ARS endpoint)."
+    )
+    tool: ToolName | None = Field(default=None, description="The called tool.")
+    arguments_digest: Annotated[str, StringConstraints(pattern=r"^sha256:[A-Za-z0-9_-]{43}$")] = Field(
+        description="sha256 (base64url) of the RFC 8785 form of the call's arguments."
+    )
+    call: dict[str, Any] = Field(description="The original tools/call params, run once when approved.")
+    subject: dict[str, Any] = Field(description="The AuthZEN subject the PDP decided.")
+    resource: dict[str, Any]
+    action: dict[str, Any]
+    context: dict[str, Any] = Field(description="The authorization-relevant context (bound).")
+    binding_hash: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{43}$")] = Field(
+        description="ARAP binding hash over the JCS subject, resource, action and context."
+    )
+    bundle_revision: Annotated[str, StringConstraints(max_length=128)] = Field(
+        description="The configuration revision that required the approval."
+    )
+    requester: Requester = Field(default_factory=Requester)
+    created_at: Timestamp
+    expires_at: Timestamp = Field(description="When a pending request expires; approvals never outlive it.")
+    submission: Submission | None = None
+    remote: dict[str, Any] | None = Field(
+        default=None,
+        description="When a remote PDP's ARS holds the request: its task (`taskId`, `statusEndpoint`); "
+        "the approval it grants is kept in status and placed unchanged at context.approval.",
+    )
+
+
 # --- Objects -----------------------------------------------------------------------------
 
 
@@ -331,6 +394,12 @@ class ToolPolicy(CustomObject):
         if server.metadata.namespace != self.metadata.namespace:
             return False
         return "*" in self.spec.targets or server.metadata.name in self.spec.targets
+
+
+class AccessRequest(CustomObject):
+    kind: Literal["AccessRequest"]
+    spec: AccessRequestSpec
+    status: dict[str, Any] | None = None
 
 
 def resource_metadata_url(resource: str) -> str:

@@ -14,6 +14,11 @@ policies may both name a rule `allow-read`, and an audit line must say which one
 
 With a policy information point (`policy.pip`), the subject's and resource's properties are
 enriched with the PIP's attributes (which win over the request's) before any `when` runs.
+
+With an approval authority (`policy.approval`), a RequireApproval decision is an ARAP requestable
+denial (`context.access_request` with a signed binding token), and a request that carries an
+approval at `context.approval` is permitted only when the authority finds that approval bound to
+exactly this request, approved and unexpired. A Deny rule still overrides it.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
+from callwarden.policy.approval import ApprovalAuthority
 from callwarden.policy.cel import ABSENT, Activation, CelCompileError, Program, compile_expression, prepare
 from callwarden.policy.evaluation import (
     AuthzenRequestError,
@@ -63,9 +69,13 @@ class Decision:
     reasons: tuple[str, ...]  # the rules that decided; () when no rule applied
     message: str  # human readable, e.g. "denied by rule 'ns/policy/x'"
     requestable: bool = False  # a RequireApproval rule decided: a denial a human can lift later
+    # ARAP decision context (access_request, evaluation_id, reason, next_action; approval on a permit)
+    context: Mapping[str, Any] | None = None
+    approval: str | None = None  # the approval id that turned a RequireApproval into this permit
 
     def to_authzen(self) -> dict[str, Any]:
-        return {"decision": self.allowed, "context": {"reasons": list(self.reasons), "reason": self.message}}
+        explained = {"reasons": list(self.reasons), "reason": self.message}
+        return {"decision": self.allowed, "context": {**explained, **(self.context or {})}}
 
 
 class PolicyCompileError(Exception):
@@ -158,10 +168,16 @@ class _NameIndex:
 class EmbeddedPdp:
     """Decides complete SARC requests against compiled rules; safe to share between threads."""
 
-    def __init__(self, rules: Sequence[_CompiledRule], information: InformationSource | None = None) -> None:
+    def __init__(
+        self,
+        rules: Sequence[_CompiledRule],
+        information: InformationSource | None = None,
+        approvals: ApprovalAuthority | None = None,
+    ) -> None:
         self._tools = _NameIndex((glob, rule) for rule in rules for glob in rule.tools)
         self._methods = _NameIndex((glob, rule) for rule in rules for glob in rule.methods)
         self.information = information
+        self.approvals = approvals
 
     def tool_rules(self, tool: str) -> Sequence[CompiledRule]:
         """The rules that target a tools/call of `tool`, in evaluation order (`policy.catalog`)."""
@@ -263,11 +279,40 @@ class EmbeddedPdp:
             parts = [f"denied by {_rules(denied_by)}"] if denied_by else []
             return Decision(False, tuple(denying), "; ".join([*parts, *failures]))
         if approving:
-            verb = "requires" if len(approving) == 1 else "require"
-            return Decision(False, tuple(approving), f"{_rules(approving)} {verb} approval", requestable=True)
+            return self._approval_required(request, tuple(approving))
         if allowing:
             return _allowed_by(tuple(allowing))
         return _NO_RULE_ALLOWS
+
+    def _approval_required(self, request: Mapping[str, Any], approving: tuple[str, ...]) -> Decision:
+        """A requestable denial, or the permit that a bound, approved, unexpired approval grants."""
+        verb = "requires" if len(approving) == 1 else "require"
+        message = f"{_rules(approving)} {verb} approval"
+        if self.approvals is None:
+            return Decision(False, approving, message, requestable=True)
+        if "approval" in request.get("context", _EMPTY):
+            check = self.approvals.verify(request)
+            if check.permits:
+                approval = request["context"]["approval"]
+                granted = {
+                    "approval": {"id": check.approval_id, "approved_until": approval["approved_until"]}
+                }
+                return Decision(
+                    True, approving, f"{message}: approved", context=granted, approval=check.approval_id
+                )
+            # ARAP §4.4: an expired or out-of-scope approval can be requested again; an unverifiable one not.
+            if check.reason == "approval_unverifiable":
+                refused = {"reason": check.reason, "next_action": "none"}
+                return Decision(False, approving, f"{message}: {check.reason}", context=refused)
+            fresh = self.approvals.requestable(request)
+            if fresh is None:
+                return Decision(
+                    False, approving, f"{message}: {check.reason}", context={"next_action": "none"}
+                )
+            again = {**fresh, "reason": check.reason, "next_action": "request"}
+            return Decision(False, approving, f"{message}: {check.reason}", True, again)
+        denial = self.approvals.requestable(request)
+        return Decision(False, approving, message, requestable=denial is not None, context=denial)
 
     def _candidates(self, request: Mapping[str, Any]) -> Sequence[_CompiledRule]:
         context = request.get("context")
@@ -296,7 +341,10 @@ def _allowed_by(rules: tuple[str, ...]) -> Decision:
 
 
 def _answer(decision: Decision, explain: bool) -> dict[str, Any]:
-    return decision.to_authzen() if explain else {"decision": decision.allowed}
+    if explain:
+        return decision.to_authzen()
+    # The ARAP context is the protocol's, not an explanation: it is always answered.
+    return {"decision": decision.allowed, **({"context": dict(decision.context)} if decision.context else {})}
 
 
 def _activation(request: Mapping[str, Any]) -> dict[str, Any]:
@@ -344,10 +392,15 @@ def check_policy(policy: ToolPolicy) -> list[PolicyCompileError]:
     return _compile_policy(policy, first_ordinal=0)[1]
 
 
-def compile_pdp(policies: Sequence[ToolPolicy], information: InformationSource | None = None) -> EmbeddedPdp:
+def compile_pdp(
+    policies: Sequence[ToolPolicy],
+    information: InformationSource | None = None,
+    approvals: ApprovalAuthority | None = None,
+) -> EmbeddedPdp:
     """Compile the policies that target one server; raises the first PolicyCompileError.
 
-    `information`, when given, enriches every request before its rules run (`policy.pip`).
+    `information`, when given, enriches every request before its rules run (`policy.pip`);
+    `approvals` makes RequireApproval requestable and liftable (`policy.approval`).
     """
     rules: list[_CompiledRule] = []
     for policy in policies:
@@ -355,7 +408,7 @@ def compile_pdp(policies: Sequence[ToolPolicy], information: InformationSource |
         if errors:
             raise errors[0]
         rules.extend(compiled)
-    return EmbeddedPdp(rules, information)
+    return EmbeddedPdp(rules, information, approvals)
 
 
 def _compile_policy(
