@@ -15,6 +15,7 @@ import os
 import sys
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from harness import EXAMPLE, cpu_us_per_call, write_config  # noqa: E402
 from callwarden.demo.dpop import DpopKey  # noqa: E402
 from callwarden.demo.issuers import RunningIssuers, start_issuers  # noqa: E402
 from callwarden.extauthz import metrics  # noqa: E402
+from callwarden.extauthz.approvals import approval_desk  # noqa: E402
 from callwarden.extauthz.audit import DecisionLog, new_decision_id  # noqa: E402
 from callwarden.extauthz.decide import DECISION_HEADER, EnforcementState, Enforcer  # noqa: E402
 from callwarden.extauthz.dpop import DpopRuntime, DpopVerifier  # noqa: E402
@@ -40,12 +42,14 @@ from callwarden.extauthz.mission import MISSION_HEADER, MissionBook, presented_m
 from callwarden.extauthz.responses import allow_response  # noqa: E402
 from callwarden.extauthz.service import default_hooks  # noqa: E402
 from callwarden.extauthz.token import JwksStore, TokenValidator  # noqa: E402
-from callwarden.policy.bundle import Bundle, compile_bundle  # noqa: E402
-from callwarden.policy.decide import decide  # noqa: E402
+from callwarden.policy.bundle import Bundle, CompiledServer, compile_bundle  # noqa: E402
+from callwarden.policy.decide import decide, decide_messages  # noqa: E402
 from callwarden.policy.loader import load_config, load_missions  # noqa: E402
 from callwarden.policy.mapping import AuthorizationRequests  # noqa: E402
-from callwarden.policy.mission import mission_reference, transition  # noqa: E402
+from callwarden.policy.mission import ActiveMission, mission_reference, transition  # noqa: E402
 from callwarden.policy.model import Dpop  # noqa: E402
+from callwarden.stores.approvals import ApprovalRecords  # noqa: E402
+from callwarden.stores.sqlite import SqliteDocuments  # noqa: E402
 
 FINANCE = "board-packet/finance"
 DOCUMENTS = "board-packet/documents"
@@ -102,12 +106,29 @@ def request_bodies() -> dict[str, bytes]:
     }
 
 
-def approved_missions() -> tuple[MissionBook, str]:
-    """The example mission, approved, in a book; and the `callwarden-mission` header naming it."""
+@dataclass(frozen=True)
+class MissionBench:
+    """The example mission, approved, in a book; a CheckRequest naming it; it bound to finance."""
+
+    book: MissionBook
+    check: CheckRequest
+    headers: Any  # the check's header map (a protobuf map)
+    active: ActiveMission
+
+
+def mission_bench(
+    body: bytes, token: str, finance: CompiledServer, claims: Mapping[str, Any]
+) -> MissionBench:
     [mission] = load_missions([EXAMPLE / "missions"])
     status = transition(mission, "approve", "bench", datetime.now(UTC))
     book = MissionBook([mission.model_copy(update={"status": status})])
-    return book, f"{mission.key}; ref={mission_reference(mission.spec)}"
+    check = check_request(body, token)
+    check.attributes.request.http.headers[MISSION_HEADER] = (
+        f"{mission.key}; ref={mission_reference(mission.spec)}"
+    )
+    headers = check.attributes.request.http.headers
+    active = book.bind(finance, presented_mission(headers, claims) or ("", ""), claims)
+    return MissionBench(book, check, headers, active)
 
 
 def bundle_for(issuer_config: Path, *, finance_dpop: Dpop | None = None) -> Bundle:
@@ -179,7 +200,8 @@ def measure(smoke: bool) -> dict[str, Any]:
         start_issuers({"finance": 0, "documents": 0, "workflow": 0}) as issuers,
         tempfile.TemporaryDirectory() as tmp,
     ):
-        bundle = bundle_for(write_config(issuers, Path(tmp) / "config"))
+        issuers_config = write_config(issuers, Path(tmp) / "config")
+        bundle = bundle_for(issuers_config)
         finance = bundle.servers[FINANCE]
         jwks = JwksStore()
         rs_tokens = [
@@ -208,14 +230,9 @@ def measure(smoke: bool) -> dict[str, Any]:
 
         log_path = Path(tmp) / "decisions.log"
         decision_log = DecisionLog(path=str(log_path))
-        book, mission_header = approved_missions()
-        enforcer = Enforcer(EnforcementState.build(bundle, jwks), decision_log, missions=book)
+        missions = mission_bench(bodies["allowed"], rs_tokens[0], finance, claims)
+        enforcer = Enforcer(EnforcementState.build(bundle, jwks), decision_log, missions=missions.book)
         line = _sample_line(enforcer, check, log_path, decision_log)
-        plain_headers = check.attributes.request.http.headers
-        under_mission = check_request(bodies["allowed"], rs_tokens[0])
-        under_mission.attributes.request.http.headers[MISSION_HEADER] = mission_header
-        mission_headers = under_mission.attributes.request.http.headers
-        active = book.bind(finance, presented_mission(mission_headers, claims) or ("", ""), claims)
         hooks = Hooks(default_hooks(decision_log))  # what the data path runs: the tools-list hook
         hooked = Enforcer(EnforcementState.build(bundle, jwks), decision_log, hooks)
 
@@ -241,13 +258,15 @@ def measure(smoke: bool) -> dict[str, Any]:
             "PDP (embedded, allowed)": us(lambda: finance.pdp.evaluate_all(mapped.requests)),
             "decide: mapping + PDP": us(lambda: decide(finance, "tools/call", params, claims)),
             "mission: none presented (the plain call's share)": us(
-                lambda: presented_mission(plain_headers, claims)
+                lambda: presented_mission(check.attributes.request.http.headers, claims)
             ),
             "mission: header parse + bind (index, caller)": us(
-                lambda: book.bind(finance, presented_mission(mission_headers, claims) or ("", ""), claims)
+                lambda: missions.book.bind(
+                    finance, presented_mission(missions.headers, claims) or ("", ""), claims
+                )
             ),
             "decide under a mission: mapping + PDP + scope": us(
-                lambda: decide(finance, "tools/call", params, claims, mission=active)
+                lambda: decide(finance, "tools/call", params, claims, mission=missions.active)
             ),
             "decision id": us(new_decision_id),
             "response build (allow) + serialize": us(
@@ -264,7 +283,7 @@ def measure(smoke: bool) -> dict[str, Any]:
         whole = {
             "Enforcer.check, allowed, cached token": us(lambda: enforcer.check(check)),
             "Enforcer.check, allowed under a mission, cached token": us(
-                lambda: enforcer.check(under_mission)
+                lambda: enforcer.check(missions.check)
             ),
             "Enforcer.check, allowed, cached token, body hooks registered": us(lambda: hooked.check(check)),
             "Enforcer.check, denied, cached token": us(
@@ -283,6 +302,9 @@ def measure(smoke: bool) -> dict[str, Any]:
             lambda: quiet_enforcer.check(check)
         )
         queue_only.close()
+        held_stage, held_whole = _with_approvals(Path(tmp), issuers_config, jwks, check, us, claims=claims)
+        stages["approval check of an allowed call (no store access)"] = held_stage
+        whole["Enforcer.check, allowed, approvals on (SQLite store)"] = held_whole
         decision_log.close()
         dpop_stage, dpop_whole = dpop_costs(
             issuers, Path(tmp) / "config", jwks, us, calls=max(50, loops // 20) * (repeats + 1) + 10
@@ -307,6 +329,38 @@ class _QueueOnlyLog(DecisionLog):
 
     def record(self, line: Mapping[str, Any]) -> None:
         self.kept.append(orjson.dumps(dict(line), option=orjson.OPT_APPEND_NEWLINE))
+
+
+def _with_approvals(
+    tmp: Path,
+    config: Path,
+    jwks: JwksStore,
+    check: CheckRequest,
+    us: Callable[[Callable[[], Any]], float],
+    *,
+    claims: Mapping[str, Any],
+) -> tuple[float, float]:
+    """The allowed call again, with the approval workflow on: a call no RequireApproval rule holds
+    must not touch the store (the desk only looks at a verdict that is requestable or approval-made).
+    Returns (the desk's look at the allowed verdict, the whole check)."""
+    store = ApprovalRecords(SqliteDocuments(tmp / "approvals.db"))
+    desk = approval_desk(store, tmp / "binding-key.pem", "urn:bench", create_key=True)
+    bundle = compile_bundle(load_config([config]), approvals=desk.authority)
+    approvals_log = DecisionLog(path=os.devnull)
+    enforcer = Enforcer(EnforcementState.build(bundle, jwks), approvals_log, approvals=desk)
+    finance = bundle.servers[FINANCE]
+    body = parse_body(bytes(check.attributes.request.http.raw_body), max_bytes=1 << 20)
+    verdicts = decide_messages(finance, body.messages, claims)
+    first = body.messages[0]
+    stage = us(
+        lambda: enforcer._held(
+            desk, server=finance, first=first, is_batch=False, verdicts=verdicts, claims=claims
+        )
+    )
+    cost = us(lambda: enforcer.check(check))
+    approvals_log.close()
+    desk.close()
+    return stage, cost
 
 
 def _metrics_once() -> None:

@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
+from callwarden import cli_approvals
 from callwarden.extauthz.jsonrpc import BodyRejected, parse_body
 from callwarden.missions_cli import add_mission_commands
 from callwarden.policy.bundle import Bundle, BundleError, CompiledServer, compile_bundle
@@ -22,6 +23,7 @@ from callwarden.policy.loader import ConfigError, load_config
 from callwarden.policy.remote import RemotePdpFactory
 
 if TYPE_CHECKING:  # grpc is imported only when serving
+    from callwarden.extauthz.approvals import ApprovalDesk
     from callwarden.extauthz.dpop import DpopRuntime
     from callwarden.extauthz.mission import MissionBook
     from callwarden.extauthz.server import ServerTls
@@ -41,14 +43,20 @@ def _fail(message: str) -> NoReturn:
     raise SystemExit(EXIT_INPUT_ERROR)
 
 
-def load_bundle(config_paths: Sequence[str], *, remote_pdp: RemotePdpFactory | None = None) -> Bundle:
+def load_bundle(
+    config_paths: Sequence[str],
+    *,
+    remote_pdp: RemotePdpFactory | None = None,
+    approvals: ApprovalDesk | None = None,
+) -> Bundle:
     """Load and compile configuration, or raise InputError naming every problem.
 
     Without `remote_pdp` (offline), servers that name a remote AuthZEN PDP fail every call.
     """
     try:
         config = load_config([Path(p) for p in config_paths])
-        bundle = compile_bundle(config, remote_pdp=remote_pdp)
+        authority = approvals.authority if approvals is not None else None
+        bundle = compile_bundle(config, remote_pdp=remote_pdp, approvals=authority)
     except ConfigError as error:
         raise InputError("invalid configuration:\n  " + "\n  ".join(map(str, error.problems))) from error
     except BundleError as error:
@@ -135,11 +143,13 @@ def _command_extauthz(args: argparse.Namespace) -> int:
         return _extauthz_from_kubernetes(args)
     from callwarden.extauthz.service import start_extauthz  # noqa: PLC0415 (grpc only when serving)
 
-    bundle = load_bundle(args.config, remote_pdp=_remote_pdps())
+    desk = _approval_desk(args)
+    bundle = load_bundle(args.config, remote_pdp=_remote_pdps(), approvals=desk)
     with (
         _missions(args.missions) as missions,
         start_extauthz(
             bundle,
+            approvals=desk,
             listen=args.listen,
             http_listen=args.http_listen,
             audit_path=args.audit_log,
@@ -171,6 +181,50 @@ def _missions(path: str | None) -> Iterator[MissionBook | None]:
 
     with follow_mission_file(path) as sync:
         yield sync.book
+
+
+def _approval_desk(args: argparse.Namespace, kube: Any = None) -> ApprovalDesk | None:
+    """The approval workflow the flags ask for: AccessRequests in the cluster (`--approvals` with
+    `--kubernetes`) or a standalone SQLite file (`--approvals-store`); None when not asked."""
+    from callwarden.extauthz.approvals import approval_desk  # noqa: PLC0415 (grpc only when serving)
+    from callwarden.stores.approvals import ApprovalRecords  # noqa: PLC0415
+
+    try:
+        if args.approvals_store:
+            from callwarden.stores.sqlite import SqliteDocuments  # noqa: PLC0415
+
+            store = ApprovalRecords(SqliteDocuments(args.approvals_store))
+            key = args.binding_key or f"{args.approvals_store}.key"
+            return approval_desk(store, key, args.approvals_issuer, create_key=args.binding_key is None)
+        if not getattr(args, "approvals", False):
+            return None
+        if kube is None or not args.binding_key:
+            raise InputError(
+                "--approvals needs --kubernetes and --binding-key (an ES256 key, e.g. a mounted Secret)"
+            )
+        from callwarden.stores.kube import KubeDocuments  # noqa: PLC0415
+
+        store = ApprovalRecords(KubeDocuments(kube))
+        home = args.namespace or "default"  # with --namespace, RBAC may allow that namespace only
+        return approval_desk(store, args.binding_key, args.approvals_issuer, home_namespace=home)
+    except ValueError as error:
+        raise InputError(str(error)) from error
+
+
+def _add_approval_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--approvals-store", help="hold RequireApproval calls for review in this SQLite file")
+    parser.add_argument(
+        "--binding-key",
+        help="ES256 PEM key signing binding tokens (standalone default: STORE.key, generated)",
+    )
+    parser.add_argument(
+        "--approvals-issuer", default="urn:callwarden:ars", help="iss and aud of callwarden's binding tokens"
+    )
+    parser.add_argument(
+        "--approvals",
+        action="store_true",
+        help="with --kubernetes: hold RequireApproval calls as AccessRequests",
+    )
 
 
 def _dpop_runtime(args: argparse.Namespace) -> DpopRuntime | None:
@@ -207,6 +261,7 @@ def _extauthz_from_kubernetes(args: argparse.Namespace) -> int:
     kube = Kube(new_api_client(args.kubeconfig))
     with start_kubernetes_extauthz(
         kube,
+        approvals=_approval_desk(args, kube),
         namespace=args.namespace,
         listen=args.listen,
         http_listen=args.http_listen,
@@ -288,17 +343,37 @@ def _command_pdp(args: argparse.Namespace) -> int:
     from callwarden.authzen.api import ApiOptions, start_pdp  # noqa: PLC0415
 
     try:
-        pdp, policies = serve.load_pdp(args.config, args.data)
+        authority, access = _access_request_server(args)
+        pdp, policies = serve.load_pdp(args.config, args.data, authority)
         tokens = serve.read_bearer_tokens(args.token_file) if args.token_file else ()
         tls = serve.tls_context(args.tls_cert, args.tls_key) if args.tls_cert else None
         options = ApiOptions(bearer_tokens=tokens, explain=args.explain)
         listen, base_url = args.listen, args.base_url
-        with start_pdp(pdp, listen=listen, base_url=base_url, options=options, ssl_context=tls) as up:
+        with start_pdp(
+            pdp, listen=listen, base_url=base_url, options=options, ssl_context=tls, access=access
+        ) as up:
             print(f"callwarden: AuthZEN PDP, {policies} ToolPolicy(ies), at {up.base_url}", file=sys.stderr)
             _wait_for_signal()
     except (serve.PdpSetupError, ValueError, OSError) as error:
         raise InputError(str(error)) from error
     return 0
+
+
+def _access_request_server(args: argparse.Namespace) -> tuple[Any, Any]:
+    """(BoundApprovals, AccessRequestServer) over `--approvals-store`, or (None, None)."""
+    if not args.approvals_store:
+        return None, None
+    from callwarden.authzen.access_requests import AccessRequestServer  # noqa: PLC0415
+    from callwarden.extauthz.jose import JwsSigner, load_signing_key  # noqa: PLC0415
+    from callwarden.policy.approval import BoundApprovals  # noqa: PLC0415
+    from callwarden.stores.approvals import ApprovalRecords  # noqa: PLC0415
+    from callwarden.stores.sqlite import SqliteDocuments  # noqa: PLC0415
+
+    store = ApprovalRecords(SqliteDocuments(args.approvals_store))
+    key = load_signing_key(args.binding_key or f"{args.approvals_store}.key", create=args.binding_key is None)
+    signer = JwsSigner(key, args.approvals_issuer)
+    authority = BoundApprovals(store, signer, audience=args.approvals_issuer)
+    return authority, AccessRequestServer(store, signer, audience=args.approvals_issuer)
 
 
 def _command_demo(args: argparse.Namespace) -> int:
@@ -317,6 +392,7 @@ def _add_audit_and_missions(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_serving_arguments(extauthz: argparse.ArgumentParser) -> None:
+    _add_approval_arguments(extauthz)
     extauthz.add_argument("--http-listen", help="HOST:PORT for /metrics, /healthz and /readyz")
     _add_audit_and_missions(extauthz)
     extauthz.add_argument("--workers", type=int, default=4, help="gRPC worker threads (default 4)")
@@ -332,7 +408,7 @@ def _add_serving_arguments(extauthz: argparse.ArgumentParser) -> None:
 
 
 def _add_tls_arguments(extauthz: argparse.ArgumentParser) -> None:
-    extauthz.add_argument("--tls-cert", help="PEM certificate chain: serve gRPC over TLS")
+    extauthz.add_argument("--tls-cert", help="PEM certificate chain: serve over TLS (gRPC, HTTPS)")
     extauthz.add_argument("--tls-key", help="PEM private key of --tls-cert")
 
 
@@ -353,6 +429,24 @@ def _add_mesh_arguments(operator: argparse.ArgumentParser) -> None:
         default="callwarden-ext-authz",
         help="Istio extensionProvider name that AuthorizationPolicies (action CUSTOM) refer to",
     )
+
+
+def _add_pdp_parser(commands: Any) -> None:
+    pdp = commands.add_parser(
+        "pdp",
+        help="serve the embedded PDP as an AuthZEN 1.0 Authorization API",
+        description="Serve every ToolPolicy of the configuration as one AuthZEN 1.0 PDP: evaluation, "
+        "evaluations, subject/resource/action search and /.well-known/authzen-configuration.",
+    )
+    pdp.add_argument("--config", action="append", required=True, help="YAML file or directory (repeatable)")
+    pdp.add_argument("--data", help="PIP data (JSON: subjects, resources, actions); PIP attributes win")
+    pdp.add_argument("--listen", default="127.0.0.1:8181", help="HOST:PORT (default 127.0.0.1:8181)")
+    pdp.add_argument("--base-url", help="the policy_decision_point to publish (default: from --listen)")
+    pdp.add_argument("--token-file", help="PEP bearer secrets, one per line; requests without one get 401")
+    _add_tls_arguments(pdp)
+    pdp.add_argument("--explain", action="store_true", help="name the deciding rules in decision contexts")
+    _add_approval_arguments(pdp)
+    pdp.set_defaults(handler=_command_pdp)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -428,23 +522,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     gateway.set_defaults(handler=_command_gateway)
 
-    pdp = commands.add_parser(
-        "pdp",
-        help="serve the embedded PDP as an AuthZEN 1.0 Authorization API",
-        description="Serve every ToolPolicy of the configuration as one AuthZEN 1.0 PDP: evaluation, "
-        "evaluations, subject/resource/action search and /.well-known/authzen-configuration.",
-    )
-    pdp.add_argument("--config", action="append", required=True, help="YAML file or directory (repeatable)")
-    pdp.add_argument("--data", help="PIP data (JSON: subjects, resources, actions); PIP attributes win")
-    pdp.add_argument("--listen", default="127.0.0.1:8181", help="HOST:PORT (default 127.0.0.1:8181)")
-    pdp.add_argument("--base-url", help="the policy_decision_point to publish (default: from --listen)")
-    pdp.add_argument("--token-file", help="PEP bearer secrets, one per line; requests without one get 401")
-    pdp.add_argument("--tls-cert", help="PEM certificate chain: serve HTTPS")
-    pdp.add_argument("--tls-key", help="PEM private key of --tls-cert")
-    pdp.add_argument("--explain", action="store_true", help="name the deciding rules in decision contexts")
-    pdp.set_defaults(handler=_command_pdp)
+    _add_pdp_parser(commands)
 
     _add_demo_command(commands)
+    cli_approvals.add_parser(commands)
     add_mission_commands(commands)
     return parser
 

@@ -9,6 +9,7 @@ import pytest
 
 from callwarden.policy import approval as ap
 from callwarden.policy.canonical import argument_digest, binding_hash, binding_set, structurally_equal
+from tests.support.store_contract import new_record
 
 NOW = datetime(2026, 6, 2, 10, 30, tzinfo=UTC)
 
@@ -25,25 +26,9 @@ REQUEST: dict[str, Any] = {
 
 
 def record(**changes: Any) -> ap.AccessRequestRecord:
-    base = ap.AccessRequestRecord(
-        id="ar-0123456789abcdef0123456789abcdef",
-        namespace="board-packet",
-        server="board-packet/finance",
-        tool="transfer_funds",
-        arguments_digest=argument_digest({"to": "acct-991", "amount": 50000}),
-        call={"name": "transfer_funds", "arguments": {"to": "acct-991", "amount": 50000}},
-        subject=REQUEST["subject"],
-        resource=REQUEST["resource"],
-        action=REQUEST["action"],
-        context=REQUEST["context"],
-        binding_hash=binding_hash(REQUEST),
-        revision="rev-1",
-        agent="board-agent",
-        actors=(),
-        created_at=ap.format_time(NOW),
-        expires_at=ap.format_time(NOW + timedelta(hours=1)),
-    )
-    return base.with_changes(**changes)
+    """A pending request created at NOW, waiting an hour."""
+    created = {"created_at": ap.format_time(NOW), "expires_at": ap.format_time(NOW + timedelta(hours=1))}
+    return new_record("board-packet").with_changes(**{**created, **changes})
 
 
 # --- canonical JSON and the binding --------------------------------------------------------
@@ -179,3 +164,44 @@ def test_task_ids_are_unguessable_kubernetes_names() -> None:
     ids = {ap.new_task_id() for _ in range(100)}
     assert len(ids) == 100
     assert all(len(task_id) == 35 and task_id.startswith("ar-") and task_id.islower() for task_id in ids)
+
+
+def test_a_claimed_call_without_a_result_is_lost_after_the_patience_and_never_claimed_again() -> None:
+    claimed = ap.claim(ap.approve(record(), "carol", NOW), NOW)
+    assert claimed.claimed_at == ap.format_time(NOW)
+    with pytest.raises(ap.InvalidTransition):
+        ap.lose(claimed, NOW + timedelta(minutes=4), timedelta(minutes=5))
+    lost = ap.lose(claimed, NOW + timedelta(minutes=5), timedelta(minutes=5))
+    assert lost.execution == "lost"
+    for step in (
+        lambda r: ap.claim(r, NOW),
+        lambda r: ap.finish(r, None, "approved-executed"),
+        lambda r: ap.cancel(r, NOW),
+    ):
+        with pytest.raises(ap.InvalidTransition):
+            step(lost)
+
+
+@pytest.mark.parametrize(
+    ("make", "prunable"),
+    [
+        (record, False),  # pending: a reviewer may still decide
+        (lambda: ap.deny(record(), "carol", NOW), True),
+        (lambda: ap.approve(record(), "carol", NOW), False),  # an unused approval still usable
+        (lambda: ap.claim(ap.approve(record(), "carol", NOW), NOW), False),  # running
+        (
+            lambda: ap.finish(ap.claim(ap.approve(record(), "carol", NOW), NOW), None, "approved-executed"),
+            True,
+        ),
+        (lambda: ap.cancel(record(), NOW), True),
+    ],
+    ids=["pending", "denied", "approved-unused", "running", "executed", "cancelled"],
+)
+def test_only_records_that_are_over_can_be_pruned(make: Any, prunable: bool) -> None:
+    later = NOW + timedelta(minutes=30)
+    assert ap.prunable(make(), later, timedelta(minutes=10)) is prunable
+    assert ap.prunable(make(), later, timedelta(days=1)) is False  # not old enough, whatever it is
+
+
+def test_an_expired_request_is_prunable_once_old_enough() -> None:
+    assert ap.prunable(record(), NOW + timedelta(hours=2), timedelta(minutes=30)) is True

@@ -22,7 +22,7 @@ ALLOWED = {
     "policy": set(),
     "kube": {"policy"},
     "authzen": {"policy"},
-    "stores": {"policy", "kube"},
+    "stores": {"policy", "kube"},  # i10's approval and mission stores (on their branch)
     "extauthz": {"policy", "kube", "authzen", "stores"},
     "operator": {"policy", "kube"},
     "demo": {"policy", "kube", "authzen", "stores", "extauthz", "operator"},

@@ -95,7 +95,12 @@ def test_the_demo_shows_the_analyst_s_and_the_intern_s_catalogs_side_by_side(
     start = lines.index("tools/list, filtered by the same policy (the board agent for each caller):") + 1
     assert [line.split() for line in lines[start : start + 4]] == [
         ["server", "analyst", "(alice)", "intern", "(bob)"],
-        ["finance", "query_financials", "(none)"],
+        [
+            "finance",
+            "query_financials,",
+            "transfer_funds",
+            "(none)",
+        ],  # small transfers run, large ones wait
         ["documents", "create_doc", "(none)"],
         ["workflow", "notify_reviewer", "(none)"],
     ]

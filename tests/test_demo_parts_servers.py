@@ -83,9 +83,10 @@ def test_tools_list_publishes_the_server_tool_with_its_arguments(
 
     tools = with_session(demo_servers.url(name), use)
     tool_name, arguments = CALLS[name]
-    assert [tool.name for tool in tools] == [tool_name]
-    assert sorted(tools[0].input_schema["required"]) == sorted(arguments)
-    assert "ctx" not in tools[0].input_schema["properties"]  # the SDK's Context is not an argument
+    assert [tool.name for tool in tools] == list(TOOLS[name])
+    [listed] = [tool for tool in tools if tool.name == tool_name]
+    assert sorted(listed.input_schema["required"]) == sorted(arguments)
+    assert "ctx" not in listed.input_schema["properties"]  # the SDK's Context is not an argument
 
 
 @pytest.mark.parametrize("name", sorted(CALLS))
@@ -147,7 +148,7 @@ def test_unicode_arguments_reach_the_tool_unchanged(demo_servers: RunningServers
 def test_unknown_tool_is_a_tool_error_and_counts_nothing(demo_servers: RunningServers) -> None:
     result = call(demo_servers.url("finance"), "delete_ledger", {"entity": "acme"})
     assert result.is_error
-    assert demo_servers.ledgers["finance"].counts() == {"query_financials": 0}
+    assert demo_servers.ledgers["finance"].counts() == {"query_financials": 0, "transfer_funds": 0}
 
 
 def test_the_gateway_decision_id_is_recorded_and_echoed(demo_servers: RunningServers) -> None:
@@ -197,7 +198,7 @@ def test_calls_endpoint_reports_counts_and_calls_over_http(demo_servers: Running
     document = read_calls(demo_servers.base_url("finance"))
     assert document == {
         "server": "finance",
-        "executed": {"query_financials": 1},
+        "executed": {"query_financials": 1, "transfer_funds": 0},
         "calls": [{"tool": tool, "arguments": arguments, "decision_id": None}],
     }
     assert read_executed(demo_servers.base_url("finance"), tool) == 1

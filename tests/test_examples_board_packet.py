@@ -58,16 +58,21 @@ def test_example_loads_without_problems_or_warnings() -> None:
         "board-packet/board-packet-task",
         "board-packet/finance-guardrails",
         "board-packet/session",
+        "board-packet/treasury",
     ]
     assert CONFIG.warnings == []
 
 
 @pytest.mark.parametrize(
-    ("name", "tool", "port"),
-    [("finance", "query_financials", 1), ("documents", "create_doc", 2), ("workflow", "notify_reviewer", 3)],
+    ("name", "tools", "port"),
+    [
+        ("finance", ["query_financials", "transfer_funds"], 1),
+        ("documents", ["create_doc"], 2),
+        ("workflow", ["notify_reviewer"], 3),
+    ],
     ids=["finance", "documents", "workflow"],
 )
-def test_each_server_has_its_own_issuer_resource_and_upstream(name: str, tool: str, port: int) -> None:
+def test_each_server_has_its_own_issuer_resource_and_upstream(name: str, tools: list[str], port: int) -> None:
     spec = CONFIG.servers[f"board-packet/{name}"].spec
     assert spec.resource == f"https://{name}.board.example/mcp"
     assert (spec.route.hosts, spec.route.path_prefix) == ([f"{name}.board.example"], "/mcp")
@@ -77,7 +82,7 @@ def test_each_server_has_its_own_issuer_resource_and_upstream(name: str, tool: s
         f"https://issuer.{name}.board.example",
         f"http://127.0.0.1:911{port}/jwks.json",
     )
-    assert [t.name for t in spec.tools] == [tool]
+    assert [t.name for t in spec.tools] == tools
 
 
 def test_every_tool_has_a_platform_mapping_in_the_evaluation_envelope() -> None:

@@ -18,6 +18,7 @@ import httpx2
 import orjson
 import pytest
 
+from callwarden.demo.servers import TOOLS
 from callwarden.extauthz.envoy import EXT_PROC_FILTER, EnvoyProcess, render_bootstrap
 from callwarden.extauthz.extproc import HOOK_HEADER, Exchange, HookFailure, Hooks
 from tests.support.datapath import ALLOWED_CALLS, DataPath, jsonrpc, start_datapath, tools_call
@@ -89,7 +90,7 @@ def test_a_hook_can_replace_the_request_the_server_receives(datapath: DataPath) 
         datapath.post("finance", jsonrpc("ping"), token=datapath.token("finance"))
     finally:
         HOOK.into_tools_list = False
-    assert [tool["name"] for tool in orjson.loads(HOOK.seen[-1])["result"]["tools"]] == ["query_financials"]
+    assert [tool["name"] for tool in orjson.loads(HOOK.seen[-1])["result"]["tools"]] == list(TOOLS["finance"])
 
 
 def test_a_plain_tools_call_opens_no_ext_proc_stream(datapath: DataPath) -> None:

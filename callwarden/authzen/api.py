@@ -18,6 +18,11 @@ Decisions answer `{"decision": bool}` alone unless `explain` is set, which adds 
 rules (`context.reasons`): rule names are policy internals, and the interop runners compare
 responses exactly. Per-item errors of a boxcar always carry their `context.error`.
 
+With an access request server (`authzen.access_requests`), the PDP is also an ARAP ARS: the
+metadata publishes `access_request_endpoint`, `jwks_uri` and the capability URN, and the
+request, status and cancel endpoints answer under the same base path (errors there are RFC 9457
+problem documents, as ARAP requires).
+
 The API object (`AuthzenApi`) knows nothing of sockets; `start_pdp` serves it with the
 standard library's threading HTTP server (HTTP/1.1 keep-alive, optional TLS).
 """
@@ -40,6 +45,14 @@ from urllib.parse import urlsplit
 
 import orjson
 
+from callwarden.authzen.access_requests import (
+    CAPABILITY,
+    JWKS_PATH,
+    PROBLEM,
+    REQUESTS_PATH,
+    AccessRequestServer,
+    Problem,
+)
 from callwarden.authzen.search import DEFAULT_MAX_PAGE_SIZE, SEARCH_KINDS, SearchKind, search
 from callwarden.policy.evaluation import AuthzenRequestError
 from callwarden.policy.pdp import EmbeddedPdp
@@ -109,7 +122,13 @@ Endpoint = Callable[[bytes], Response]
 class AuthzenApi:
     """The Authorization API over one EmbeddedPdp; safe to call from many threads."""
 
-    def __init__(self, pdp: EmbeddedPdp, base_url: str, options: ApiOptions | None = None) -> None:
+    def __init__(
+        self,
+        pdp: EmbeddedPdp,
+        base_url: str,
+        options: ApiOptions | None = None,
+        access: AccessRequestServer | None = None,
+    ) -> None:
         parts = urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
             raise ValueError(f"the PDP base URL must be http(s), without query or fragment: {base_url!r}")
@@ -119,11 +138,17 @@ class AuthzenApi:
         self.base_url = base_url.rstrip("/")
         self.options = options or ApiOptions()
         base_path = parts.path.rstrip("/")
+        self.access = access
+        self._base_path = base_path
         self.metadata = {
             "policy_decision_point": self.base_url,
             **{name: self.base_url + path for name, path in ENDPOINTS.items()},
             "capabilities": list(self.options.capabilities),
         }
+        if access is not None:
+            self.metadata["access_request_endpoint"] = self.base_url + REQUESTS_PATH
+            self.metadata["jwks_uri"] = self.base_url + JWKS_PATH
+            self.metadata["capabilities"] = [*self.metadata["capabilities"], CAPABILITY]
         evaluation, evaluations, *searches = (base_path + path for path in ENDPOINTS.values())
         self._post: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
             evaluation: self._evaluation,
@@ -142,6 +167,9 @@ class AuthzenApi:
             if method in ("GET", "HEAD"):
                 return _json(self.metadata)
             return error(405, f"{method} is not allowed here; use GET", ("Allow", "GET, HEAD"))
+        routed = self.access.route(self._base_path, path) if self.access is not None else None
+        if routed is not None:
+            return self._access_request(method, routed, headers)
         handler = self._post.get(path)
         if handler is None:
             return error(404, f"no AuthZEN endpoint at {path}")
@@ -151,6 +179,53 @@ class AuthzenApi:
         if refused is not None:
             return refused
         return lambda raw: self._answer(handler, raw)
+
+    def _access_request(
+        self, method: str, routed: tuple[str, str | None], headers: Headers
+    ) -> Response | Endpoint:
+        """The ARS endpoints (see `authzen.access_requests`)."""
+        access = self.access
+        assert access is not None
+        endpoint, task_id = routed
+        allowed = {
+            "submit": ("POST",),
+            "jwks": ("GET", "HEAD"),
+            "status": ("GET", "HEAD"),
+            "cancel": ("POST", "DELETE"),
+        }
+        if method not in allowed[endpoint]:
+            methods = ", ".join(allowed[endpoint])
+            return error(405, f"{method} is not allowed here; use {methods}", ("Allow", methods))
+        if endpoint == "jwks":
+            return _json(access.signer.jwks())
+        refused = self._authenticate(headers)
+        if refused is not None:
+            return refused
+        if endpoint == "status" and task_id is not None:
+            return _access_answer(lambda: access.status(task_id, self.base_url))
+        if endpoint == "cancel" and task_id is not None:
+            return lambda raw: _access_answer(lambda: access.cancel(task_id, self.base_url))
+        refused = _content_type_problem(headers)
+        if refused is not None:
+            return refused
+        keys = headers.get("idempotency-key", ())
+        if len(keys) > 1:
+            return _problem(Problem(None, "more than one Idempotency-Key"))
+        key = keys[0] if keys else None
+        return lambda raw: self._answer_access(raw, key)
+
+    def _answer_access(self, raw: bytes, key: str | None) -> Response:
+        access = self.access
+        assert access is not None
+        try:
+            body = loads(raw, max_depth=self.options.max_depth)
+        except JsonRejected as rejected:
+            return _problem(
+                Problem(None, f"the request body is not strict JSON ({rejected.reason}): {rejected.message}")
+            )
+        if not isinstance(body, dict):
+            return _problem(Problem(None, "the request body must be a JSON object"))
+        return _access_answer(lambda: access.submit(body, key, self.base_url))
 
     def _authenticate(self, headers: Headers) -> Response | None:
         if not self._secrets:
@@ -196,6 +271,23 @@ class AuthzenApi:
             return search(self.pdp, kind, body, max_page_size=self.options.max_page_size)
 
         return answer
+
+
+def _problem(problem: Problem) -> Response:
+    return Response(problem.status, problem.body(), PROBLEM)
+
+
+def _access_answer(answer: Callable[[], Any]) -> Response:
+    """An ARS answer as a response: its JSON and Location, or its RFC 9457 problem."""
+    try:
+        given = answer()
+    except Problem as problem:
+        return _problem(problem)
+    except Exception:  # a bug or a store that cannot answer: fail closed, loudly
+        LOG.exception("access request failed")
+        return _problem(Problem(None, "internal error", 500))
+    headers = (("Location", given.location),) if given.location is not None else ()
+    return Response(given.status, orjson.dumps(given.body), JSON, headers)
 
 
 def _content_type_problem(headers: Headers) -> Response | None:
@@ -350,6 +442,7 @@ def start_pdp(
     base_url: str | None = None,
     options: ApiOptions | None = None,
     ssl_context: ssl.SSLContext | None = None,
+    access: AccessRequestServer | None = None,
 ) -> Iterator[RunningPdp]:
     """Serve the Authorization API on `listen` until the block exits.
 
@@ -364,7 +457,7 @@ def start_pdp(
         shown = f"[{host}]" if ":" in host else host
         base_url = f"{scheme}://{shown}:{bound}"
     try:
-        server.api = AuthzenApi(pdp, base_url, options)
+        server.api = AuthzenApi(pdp, base_url, options, access)
     except ValueError:
         server.server_close()
         raise

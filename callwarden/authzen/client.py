@@ -18,6 +18,9 @@
 - A circuit breaker: after `failure_threshold` consecutive failures, calls fail at once for
   `cool_down` seconds; then one call probes, and its outcome closes or reopens the circuit.
 - An optional decision cache (`decisionCacheSeconds`), keyed by the exact requests.
+- ARAP (standards.md §4): a denial with `context.access_request` (with `expires_at` and binding
+  material) is requestable; it stays a denial. `submit_access_request` sends it, echoed, to the
+  endpoint it names (or the metadata's `access_request_endpoint`); `access_request_status` polls.
 
 `RemotePdps` is the factory the data path compiles bundles with: one client per distinct PDP
 setting, kept across bundle swaps so its pooled connections, breaker and caches survive a reload.
@@ -93,6 +96,7 @@ def _malformed(what: str) -> RemotePdpError:
 class _Endpoints:
     evaluation: str
     evaluations: str | None  # None: the PDP has no Access Evaluations API; fan out
+    access_requests: str | None = None  # ARAP access_request_endpoint, when published
     action_search: str | None = None  # None: no Action Search API (tools/list passes unfiltered)
 
 
@@ -316,16 +320,66 @@ class RemoteAuthzenPdp:
         return _Endpoints(
             evaluation,
             _endpoint(value, "access_evaluations_endpoint"),
+            _endpoint(value, "access_request_endpoint"),
             _endpoint(value, "search_action_endpoint"),
         )
+
+    # -- ARAP: access requests at the PDP's ARS --
+
+    def submit_access_request(self, request: Mapping[str, Any], denial: Mapping[str, Any]) -> dict[str, Any]:
+        """Submit the requestable denial of `request` (its decision context `denial`) to the ARS;
+        returns the task (`id`, `status`, `status_endpoint`). Raises RemotePdpError."""
+        access_request = denial["access_request"]
+        endpoint = access_request.get("endpoint") or self._endpoints().access_requests
+        if not isinstance(endpoint, str) or _endpoint({"endpoint": endpoint}, "endpoint") is None:
+            raise RemotePdpError("ars", "the requestable denial names no access request endpoint")
+        echoed = {k: denial[k] for k in ("evaluation_id", "evaluated_at", "reason") if k in denial}
+        echoed.update(
+            {k: access_request[k] for k in ("expires_at", "binding_token", "template") if k in access_request}
+        )
+        body = {
+            **{k: request[k] for k in ("subject", "resource", "action", "context") if k in request},
+            "denial": echoed,
+        }
+        # One key per submission: a retry of this exchange (not of the denial) is answered the same.
+        key = str(uuid.uuid4())
+        answer = self._exchange(
+            "POST", endpoint, orjson.dumps(body), "access-request", ok=_SUBMITTED, idempotency_key=key
+        )[1]
+        return _task(answer)
+
+    def cancel_access_request(self, cancel_endpoint: str) -> None:
+        """Cancel a task at the ARS (its `links.cancel`); raises RemotePdpError (409: already decided)."""
+        if _endpoint({"cancel": cancel_endpoint}, "cancel") is None:
+            raise RemotePdpError("ars", "no cancel endpoint")
+        self._exchange("POST", cancel_endpoint, None, "access-request-cancel")
+
+    def access_request_status(self, status_endpoint: str) -> dict[str, Any]:
+        """The ARS's answer for a task (`task`, and `result` once approved); raises RemotePdpError."""
+        if _endpoint({"status_endpoint": status_endpoint}, "status_endpoint") is None:
+            raise RemotePdpError("ars", "no status endpoint")
+        answer = self._exchange("GET", status_endpoint, None, "access-request-status")[1]
+        _task(answer)
+        result: dict[str, Any] = answer
+        return result
 
     def _post(self, url: str, body: Mapping[str, Any], api: str) -> Any:
         return self._exchange("POST", url, orjson.dumps(body), api)[1]
 
     def _exchange(
-        self, method: str, url: str, body: bytes | None, api: str, *, accept_404: bool = False
+        self,
+        method: str,
+        url: str,
+        body: bytes | None,
+        api: str,
+        *,
+        accept_404: bool = False,
+        ok: frozenset[int] = frozenset({200}),
+        idempotency_key: str | None = None,
     ) -> tuple[int, Any]:
         headers = {"x-request-id": str(uuid.uuid4())}
+        if idempotency_key is not None:
+            headers["idempotency-key"] = idempotency_key
         if body is not None:
             headers["content-type"] = "application/json"
         started = time.perf_counter()
@@ -333,7 +387,7 @@ class RemoteAuthzenPdp:
             with self._client.stream(method, url, content=body, headers=headers) as response:
                 if accept_404 and response.status_code == 404:
                     return 404, None
-                if response.status_code != 200:
+                if response.status_code not in ok:
                     raise RemotePdpError(
                         "status", f"the AuthZEN PDP answered HTTP {response.status_code} ({api})"
                     )
@@ -372,6 +426,36 @@ def _endpoint(metadata: Mapping[str, Any], name: str) -> str | None:
     if parts is None or parts.scheme not in ("http", "https") or not parts.netloc or parts.fragment:
         raise RemotePdpError("metadata", f"the AuthZEN PDP's metadata has an invalid {name}")
     return str(value)
+
+
+_SUBMITTED: Final = frozenset({201, 202})
+
+
+def _task(answer: Any) -> dict[str, Any]:
+    """The `task` of an ARS answer, checked: an id, a status, an http(s) status endpoint."""
+    task = answer.get("task") if isinstance(answer, dict) else None
+    if (
+        not isinstance(task, dict)
+        or not isinstance(task.get("id"), str)
+        or not isinstance(task.get("status"), str)
+        or not isinstance(task.get("status_endpoint"), str)
+    ):
+        raise _malformed("the access request answer has no task with id, status and status_endpoint")
+    _endpoint(task, "status_endpoint")
+    return task
+
+
+def _requestable(allowed: bool, context: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The ARAP members of a requestable denial, or None when the denial is not requestable: the
+    signal is `access_request` with `expires_at` and binding material (a token or an evaluation id)."""
+    access = context.get("access_request")
+    if allowed or not isinstance(access, dict) or not isinstance(access.get("expires_at"), str):
+        return None
+    if not isinstance(access.get("binding_token"), str) and not isinstance(context.get("evaluation_id"), str):
+        return None
+    return {
+        k: context[k] for k in ("evaluation_id", "evaluated_at", "reason", "access_request") if k in context
+    }
 
 
 def _search_pages(post: Callable[[Mapping[str, Any]], Any], request: dict[str, Any]) -> frozenset[str]:
@@ -416,7 +500,8 @@ def _decision(value: Any, where: str) -> Decision:
         message = reason[:MAX_TEXT]
     else:
         message = "allowed by the AuthZEN PDP" if allowed else "denied by the AuthZEN PDP"
-    return Decision(allowed, reasons, message)
+    requestable = _requestable(allowed, context)
+    return Decision(allowed, reasons, message, requestable is not None, requestable)
 
 
 def _decisions(value: Any, asked: int) -> list[Decision]:

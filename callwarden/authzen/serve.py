@@ -13,6 +13,7 @@ from pathlib import Path
 
 from callwarden.authzen.api import TOKEN68
 from callwarden.authzen.pip import DataFileError, load_information
+from callwarden.policy.approval import ApprovalAuthority
 from callwarden.policy.loader import ConfigError, load_config
 from callwarden.policy.pdp import EmbeddedPdp, PolicyCompileError, compile_pdp
 
@@ -21,9 +22,11 @@ class PdpSetupError(Exception):
     """The PDP cannot start; the message says what to fix."""
 
 
-def load_pdp(config_paths: Sequence[str], data_path: str | None) -> tuple[EmbeddedPdp, int]:
+def load_pdp(
+    config_paths: Sequence[str], data_path: str | None, approvals: ApprovalAuthority | None = None
+) -> tuple[EmbeddedPdp, int]:
     """The PDP over every ToolPolicy in `config_paths` and the PIP in `data_path`, and how many
-    policies it holds; raises PdpSetupError."""
+    policies it holds; raises PdpSetupError. `approvals` makes RequireApproval requestable."""
     try:
         config = load_config([Path(path) for path in config_paths])
     except ConfigError as error:
@@ -32,7 +35,7 @@ def load_pdp(config_paths: Sequence[str], data_path: str | None) -> tuple[Embedd
         raise PdpSetupError("the configuration holds no ToolPolicy: nothing would ever be allowed")
     try:
         information = load_information(data_path) if data_path is not None else None
-        pdp = compile_pdp(list(config.policies.values()), information)
+        pdp = compile_pdp(list(config.policies.values()), information, approvals)
     except (DataFileError, PolicyCompileError) as error:
         raise PdpSetupError(str(error)) from error
     return pdp, len(config.policies)

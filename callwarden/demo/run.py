@@ -19,14 +19,18 @@ from pathlib import Path
 from typing import IO, Any, Final, Literal, Protocol
 
 from callwarden.demo.agent import AgentRun, Outcome, ToolCall, run_agent
+from callwarden.demo.approval import ApprovalFlow, run_approval_flow
 from callwarden.demo.dpop import DpopKey
 from callwarden.demo.issuers import LocalIssuer, RunningIssuers, start_issuers
 from callwarden.demo.mission import MISSION_EXECUTIONS, run_mission_story
 from callwarden.demo.servers import RunningServers, start_servers
+from callwarden.extauthz.approvals import approval_desk
 from callwarden.extauthz.mission_sync import follow_mission_file
 from callwarden.extauthz.service import Gateway, start_gateway
 from callwarden.policy.bundle import Bundle, compile_bundle
 from callwarden.policy.loader import Config, config_from_objects, load_config
+from callwarden.stores.approvals import ApprovalRecords
+from callwarden.stores.sqlite import SqliteDocuments
 
 EXAMPLE: Final = Path(__file__).resolve().parents[2] / "examples" / "board-packet"
 NAMESPACE: Final = "board-packet"
@@ -57,7 +61,7 @@ SCENARIO: Final = (
             (ToolCall("query_financials", {"period": "2026-Q3", "entity": "example-corp"}), "allowed"),
             (ToolCall("query_financials", {"period": "2026-Q3", "entity": "other-corp"}), "denied"),
             (ToolCall("query_financials", {"period": "2026-Q2", "entity": "example-corp"}), "denied"),
-            (ToolCall("transfer_funds", {"amount": 1_000_000}), "denied"),
+            (ToolCall("delete_ledger", {"entity": "example-corp"}), "denied"),  # a tool no rule names
         ),
     ),
     Session(
@@ -214,7 +218,12 @@ def run_demo(config_dir: Path = EXAMPLE, out: IO[str] = sys.stdout) -> int:
         start_servers(dict.fromkeys(("finance", "documents", "workflow"), 0)) as servers,
         start_issuers(dict.fromkeys(("finance", "documents", "workflow"), 0)) as issuers,
     ):
-        bundle = compile_bundle(localize(load_config([config_dir]), servers, issuers))
+        store_path = str(Path(workdir) / "approvals.db")
+        store = ApprovalRecords(SqliteDocuments(store_path))
+        desk = approval_desk(store, Path(workdir) / "binding-key.pem", "urn:callwarden:demo", create_key=True)
+        bundle = compile_bundle(
+            localize(load_config([config_dir]), servers, issuers), approvals=desk.authority
+        )
         audit_path = Path(workdir) / "decisions.jsonl"
         decided: list[tuple[Session, ToolCall, Outcome]] = []
         surprises: list[str] = []
@@ -223,7 +232,11 @@ def run_demo(config_dir: Path = EXAMPLE, out: IO[str] = sys.stdout) -> int:
         with (
             follow_mission_file(Path(workdir) / "missions.db", interval=0.05) as missions,
             start_gateway(
-                bundle, Path(workdir) / "envoy", audit_path=str(audit_path), missions=missions.book
+                bundle,
+                Path(workdir) / "envoy",
+                audit_path=str(audit_path),
+                approvals=desk,
+                missions=missions.book,
             ) as gateway,
         ):
             print(f"gateway {gateway.url} (Envoy) -> ext_authz {gateway.ext_authz.address}\n", file=out)
@@ -242,6 +255,20 @@ def run_demo(config_dir: Path = EXAMPLE, out: IO[str] = sys.stdout) -> int:
                     if outcome.status == "allowed":
                         key = (session.server, call.tool)
                         expected_executions[key] = expected_executions.get(key, 0) + 1
+            finance = bundle.servers[f"{NAMESPACE}/finance"].server
+            reviewer_session = Session("approval flow", "finance", "alice", ("analyst",), ())
+            token, agent_key = agent_credentials(
+                reviewer_session, finance.spec.resource, finance.spec.dpop.mode, issuers["finance"]
+            )
+            assert token is not None  # a valid credential always has a token
+            url = gateway.url + finance.spec.route.path_prefix
+            flow = io.StringIO()  # printed after the scenario's table
+            approval_surprises = run_approval_flow(
+                ApprovalFlow(url, finance.spec.route.hosts[0], token, agent_key, store, store_path),
+                servers,
+                flow,
+            )
+            expected_executions[("finance", "transfer_funds")] = 1
             catalogs = _catalogs(gateway, issuers, bundle)
             story = run_mission_story(
                 gateway,
@@ -268,8 +295,9 @@ def run_demo(config_dir: Path = EXAMPLE, out: IO[str] = sys.stdout) -> int:
             for session, call, outcome in decided
         ]
         _print_table(rows, out)
+        out.write(flow.getvalue())
         _print_catalogs(catalogs, out)
-        surprises += story + _unexpected_executions(servers, expected_executions)
+        surprises += approval_surprises + story + _unexpected_executions(servers, expected_executions)
         print("\ndecision log (tools/call lines):", file=out)
         for entry in entries:
             if entry.get("method") == "tools/call" or entry.get("code") == 401:

@@ -36,7 +36,7 @@ LOOPBACK: Final = "127.0.0.1"
 # Matches examples/board-packet: finance upstream :9101, documents :9102, workflow :9103.
 DEFAULT_PORTS: Final[Mapping[str, int]] = {"finance": 9101, "documents": 9102, "workflow": 9103}
 TOOLS: Final[Mapping[str, tuple[str, ...]]] = {
-    "finance": ("query_financials",),
+    "finance": ("query_financials", "transfer_funds"),
     "documents": ("create_doc",),
     "workflow": ("notify_reviewer",),
 }
@@ -48,7 +48,7 @@ class ExecutedCall:
     """One tool call a demo server actually ran."""
 
     tool: str
-    arguments: dict[str, str]
+    arguments: dict[str, Any]
     decision_id: str | None  # the gateway's stamp; None when the call did not come through it
 
     def to_json(self) -> dict[str, Any]:
@@ -117,6 +117,14 @@ def _finance(ledger: CallLedger) -> MCPServer:
                 {"line": "Operating income", "amount": 3_300_000},
             ],
         }
+
+    @server.tool()
+    async def transfer_funds(to: str, amount: int, ctx: Context[Any, Any]) -> str:
+        """Transfer `amount` EUR from the board's account to account `to` (demo: nothing moves)."""
+        number = ledger.record(
+            ExecutedCall("transfer_funds", {"to": to, "amount": amount}, _decision_id(ctx))
+        )
+        return f"transfer {number:04d}: {amount} EUR to {to} completed"
 
     return server
 

@@ -22,7 +22,8 @@ from typing import Any, Final
 import orjson
 from envoy.service.auth.v3.external_auth_pb2 import CheckRequest, CheckResponse
 
-from callwarden.extauthz import metrics
+from callwarden.extauthz import metrics, tasks
+from callwarden.extauthz.approvals import ApprovalDesk, Handled
 from callwarden.extauthz.audit import DecisionLog, new_decision_id
 from callwarden.extauthz.credentials import Authenticated, Authenticator, Unauthenticated
 from callwarden.extauthz.dpop import DpopRuntime, DpopVerifier
@@ -30,6 +31,7 @@ from callwarden.extauthz.extproc import HOOK_HEADER, Hooks, hook_mark
 from callwarden.extauthz.jsonrpc import BodyRejected, JsonRpcMessage, parse_body
 from callwarden.extauthz.mission import MissionBook, presented_mission
 from callwarden.extauthz.responses import CHECKER_FAILED_BODY, allow_response, deny_response
+from callwarden.extauthz.tasks import TASK_METHODS
 from callwarden.extauthz.token import JwksStore, TokenValidator
 from callwarden.policy.bundle import Bundle, CompiledServer
 from callwarden.policy.decide import (
@@ -132,6 +134,7 @@ class _Outcome:
     headers: dict[str, str] = field(default_factory=dict)
     mission: dict[str, str] | None = None  # the mission presented (id, reference), bound or not
     hook: str | None = None  # the ext_proc hook an allowed body engages (extproc.py)
+    approval: dict[str, Any] | None = None  # the access request a held call concerns (approvals.py)
 
 
 class Enforcer:
@@ -142,11 +145,13 @@ class Enforcer:
         state: EnforcementState,
         decision_log: DecisionLog,
         hooks: Hooks | None = None,
+        approvals: ApprovalDesk | None = None,
         missions: MissionBook | None = None,
     ) -> None:
         self._state = state
         self._log = decision_log
         self._hooks = hooks if hooks is not None else Hooks()
+        self._approvals = approvals
         # Without a store no mission is known: a presented mission is denied, never ignored.
         self.missions = missions if missions is not None else MissionBook()
 
@@ -267,9 +272,28 @@ class Enforcer:
         if isinstance(mission, MissionRejected):
             verdicts = mission_denials(body.messages, mission)
         else:
+            first = body.messages[0]
+            if self._approvals is not None and not body.is_batch and first.method in TASK_METHODS:
+                handled = self._approvals.task_method(
+                    server, first.method, first.id, first.params, claims, cnf=cnf
+                )
+                if handled is not None:
+                    return _handled(server, handled, [])
             verdicts = decide_messages(server, body.messages, claims, cnf=cnf, mission=mission)
             if mission is not None:
                 verdicts = self.missions.propose_expansions(mission, verdicts)
+            if self._approvals is not None:
+                held = self._held(
+                    self._approvals,
+                    server=server,
+                    first=first,
+                    is_batch=body.is_batch,
+                    verdicts=verdicts,
+                    claims=claims,
+                    cnf=cnf,
+                )
+                if held is not None:
+                    return held
         denied = [v for v in verdicts if not v.allowed]
         outcome = _Outcome(not denied, 200, server=server.key, http_method="POST", verdicts=verdicts)
         outcome.reasons = deciding_reasons(verdicts)
@@ -285,6 +309,33 @@ class Enforcer:
             outcome.body = _error_body(body.messages, verdicts, body.is_batch)
             outcome.headers = dict(JSON_CONTENT_TYPE)
         return outcome
+
+    def _held(
+        self,
+        desk: ApprovalDesk,
+        *,
+        server: CompiledServer,
+        first: JsonRpcMessage,
+        is_batch: bool,
+        verdicts: list[Verdict],
+        claims: Mapping[str, Any],
+        cnf: Mapping[str, Any] | None = None,
+    ) -> _Outcome | None:
+        """The approval workflow's answer for a decided body, or None to answer it as decided."""
+        if all(v.allowed for v in verdicts):
+            # A permit that an approval granted runs only if that approval can be claimed now.
+            if all(not v.approvals for v in verdicts) or all(
+                desk.consume(server, v) for v in verdicts if v.approvals
+            ):
+                return None
+            message = "Access denied: the approval that permits this call is used or no longer valid"
+            used = Handled(False, "approval:already-used", None, tasks.error(first.id, DENIED, message))
+            return _handled(server, used, verdicts)
+        denied = next(v for v in verdicts if not v.allowed)
+        if is_batch or not denied.requestable:
+            return None
+        handled = desk.requestable(server, first.id, denied, claims, self._state.bundle.revision, cnf=cnf)
+        return None if handled is None else _handled(server, handled, verdicts)
 
     # -- the log line -----------------------------------------------------------------
 
@@ -310,6 +361,7 @@ class Enforcer:
             "revision": revision,
             "latency_ms": round(latency * 1000, 3),
             **({"hook": outcome.hook} if outcome.hook is not None else {}),
+            **({"approval": outcome.approval} if outcome.approval is not None else {}),
         }
         if outcome.mission is not None:  # only when present: plain calls log what they always did
             line["mission"] = outcome.mission
@@ -378,6 +430,22 @@ def _error_body(messages: Sequence[JsonRpcMessage], verdicts: Sequence[Verdict],
     if not responses:  # only notifications: no id to answer, but the client must see the denial
         return orjson.dumps({"jsonrpc": "2.0", "id": None, "error": first_error.to_json()})
     return orjson.dumps(responses if is_batch else responses[0])
+
+
+def _handled(server: CompiledServer, handled: Handled, verdicts: list[Verdict]) -> _Outcome:
+    """The outcome of a message the approval desk answered or let run."""
+    fields = handled.log_fields().get("approval")
+    shown = [handled.verdict] if handled.verdict is not None else verdicts
+    outcome = _Outcome(handled.allowed, 200, server=server.key, http_method="POST", verdicts=shown)
+    outcome.reasons = (handled.reason,)
+    outcome.approval = fields
+    outcome.hook = handled.hook
+    if not handled.allowed:  # answered by callwarden itself: a JSON-RPC result or error, HTTP 200
+        outcome.code = DENIED
+        outcome.message = handled.reason
+        outcome.body = handled.body
+        outcome.headers = dict(JSON_CONTENT_TYPE)
+    return outcome
 
 
 def _http_denial(status: int, message: str, reason: str, http_method: str) -> _Outcome:

@@ -19,13 +19,20 @@ Decisions worth knowing:
 from __future__ import annotations
 
 import binascii
+import os
+import time
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any, Final
 
+import orjson
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, padding, rsa
-from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
+
+from callwarden.policy import strictjson
+from callwarden.policy.approval import TokenExpired
 
 MIN_RSA_BITS: Final = 2048
 MAX_RSA_BITS: Final = 8192  # larger moduli only make verification slower, never safer in practice
@@ -234,3 +241,113 @@ def parse_jwk(jwk: Any) -> Jwk:
             raise JwkIgnored("alg does not match the key type")
         verifiers = {alg: verifiers[alg]}
     return Jwk(kid, identity, verifiers)
+
+
+# --- signing --------------------------------------------------------------------------------
+# callwarden signs its own JWS (ARAP binding tokens) with one ES256 key: small signatures, a
+# fast verifier, and the key lives in a file (a mounted Secret in a cluster).
+
+_SIGNING_CURVE: Final = ec.SECP256R1()
+_SIGNING_SIZE: Final = 32
+MAX_SIGNED_TOKEN_CHARS: Final = 8192
+
+
+_FROM_STANDARD_BASE64: Final = str.maketrans("+/", "-_")
+
+
+def b64url_encode(data: bytes) -> str:
+    return (
+        binascii.b2a_base64(data, newline=False).decode("ascii").translate(_FROM_STANDARD_BASE64).rstrip("=")
+    )
+
+
+def load_signing_key(path: str | Path, *, create: bool = False) -> ec.EllipticCurvePrivateKey:
+    """The P-256 private key in the PEM file at `path`; with `create`, a new one is generated and
+    written there (mode 0600) when the file does not exist (standalone use). Raises ValueError."""
+    location = Path(path)
+    if create and not location.exists():
+        key = ec.generate_private_key(_SIGNING_CURVE)
+        pem = key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+        descriptor = os.open(location, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "wb") as file:
+            file.write(pem)
+        return key
+    try:
+        loaded = serialization.load_pem_private_key(location.read_bytes(), password=None)
+    except (OSError, ValueError, TypeError) as error:
+        raise ValueError(f"cannot load the signing key {location}: {error}") from error
+    if not isinstance(loaded, ec.EllipticCurvePrivateKey) or loaded.curve.name != _SIGNING_CURVE.name:
+        raise ValueError(f"the signing key {location} must be an EC P-256 key (ES256)")
+    return loaded
+
+
+class JwsSigner:
+    """Signs compact ES256 JWS for one issuer and verifies the ones it signed (`TokenSigner`)."""
+
+    def __init__(self, key: ec.EllipticCurvePrivateKey, issuer: str) -> None:
+        self._key = key
+        numbers = key.public_key().public_numbers()
+        self._jwk = {
+            "kty": "EC",
+            "crv": "P-256",
+            "x": b64url_encode(numbers.x.to_bytes(_SIGNING_SIZE, "big")),
+            "y": b64url_encode(numbers.y.to_bytes(_SIGNING_SIZE, "big")),
+            "use": "sig",
+            "alg": "ES256",
+        }
+        thumbprint = hashes.Hash(hashes.SHA256())  # RFC 7638: the kid names the key, not a counter
+        thumbprint.update(orjson.dumps({k: self._jwk[k] for k in ("crv", "kty", "x", "y")}))
+        self.kid = b64url_encode(thumbprint.finalize())
+        self._jwk["kid"] = self.kid
+        self._verify = parse_jwk(self._jwk).verifiers["ES256"]
+        self._issuer = issuer
+
+    @property
+    def issuer(self) -> str:
+        return self._issuer
+
+    def jwks(self) -> dict[str, Any]:
+        """The public JWK Set (published as the PDP's `jwks_uri`)."""
+        return {"keys": [dict(self._jwk)]}
+
+    def sign(self, claims: Mapping[str, Any]) -> str:
+        header = b64url_encode(orjson.dumps({"alg": "ES256", "kid": self.kid, "typ": "JWT"}))
+        signing_input = f"{header}.{b64url_encode(orjson.dumps(dict(claims)))}"
+        der = self._key.sign(signing_input.encode("ascii"), ec.ECDSA(hashes.SHA256()))
+        r, s = decode_dss_signature(der)
+        signature = r.to_bytes(_SIGNING_SIZE, "big") + s.to_bytes(_SIGNING_SIZE, "big")
+        return f"{signing_input}.{b64url_encode(signature)}"
+
+    def verify(self, token: str, audience: str) -> dict[str, Any]:
+        """The claims of a token this signer issued for `audience`, not expired; raises ValueError."""
+        if not isinstance(token, str) or len(token) > MAX_SIGNED_TOKEN_CHARS or not token.isascii():
+            raise ValueError("not a compact JWS")
+        parts = token.split(".")
+        if len(parts) != 3:
+            raise ValueError("not a compact JWS")
+        header = _json_part(parts[0], "header")
+        if header.get("alg") != "ES256" or header.get("kid") != self.kid or "crit" in header:
+            raise ValueError("not signed by this callwarden key")
+        if not self._verify(f"{parts[0]}.{parts[1]}".encode("ascii"), b64url_decode(parts[2])):
+            raise ValueError("bad signature")
+        claims = _json_part(parts[1], "claims")
+        if claims.get("iss") != self._issuer or claims.get("aud") != audience:
+            raise ValueError("issued by someone else or for another audience")
+        expires = claims.get("exp")
+        if type(expires) is not int:
+            raise ValueError("no expiry")
+        if expires <= time.time():
+            raise TokenExpired("expired")
+        return claims
+
+
+def _json_part(part: str, what: str) -> dict[str, Any]:
+    try:
+        value = strictjson.loads(b64url_decode(part), max_depth=32)
+    except (ValueError, strictjson.JsonRejected) as error:
+        raise ValueError(f"the {what} is not strict JSON") from error
+    if not isinstance(value, dict):
+        raise ValueError(f"the {what} is not a JSON object")
+    return value

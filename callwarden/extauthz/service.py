@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from callwarden.extauthz.approvals import ApprovalCompletion, ApprovalDesk
 from callwarden.extauthz.audit import DecisionLog
 from callwarden.extauthz.decide import EnforcementState, Enforcer
 from callwarden.extauthz.dpop import DpopRuntime
@@ -91,6 +92,7 @@ def start_extauthz(
     http_authz_listen: str | None = None,
     dpop: DpopRuntime | None = None,
     hooks: Sequence[BodyHook] | None = None,
+    approvals: ApprovalDesk | None = None,
     missions: MissionBook | None = None,
 ) -> Iterator[ExtAuthz]:
     """Serve Envoy's Check for `bundle` until the block exits; the decision log is flushed then.
@@ -100,10 +102,12 @@ def start_extauthz(
     keeps up and every one of `ready_checks` says ready (e.g. a bundle watcher that has synced);
     the first check that fails gives the reason. `tls` serves gRPC over TLS. `http_authz_listen`
     also serves Envoy's HTTP ext_authz there (callwarden.extauthz.http_authz), same decisions.
+    `hooks` are the ext_proc body hooks (default: `default_hooks()`); the gRPC server serves
+    ext_proc beside Check, over the same enforcement state. `approvals` runs the approval
+    workflow (held calls, MCP tasks, exactly-once completion through its ext_proc hook); the
+    bundle's PDPs must then have been compiled with the same store's `BoundApprovals`.
     `dpop` holds the DPoP nonce keys (from the Secret every replica mounts) and the replay
     cache; by default a random key, which only this process accepts nonces of.
-    `hooks` are the ext_proc body hooks (default: `default_hooks()`); the gRPC server serves
-    ext_proc beside Check, over the same enforcement state.
     `missions` are the missions requests may bind to (extauthz.mission); none by default.
     """
     with ExitStack() as stack:
@@ -114,11 +118,15 @@ def start_extauthz(
         stack.callback(decision_log.close)
         if dpop is None:
             dpop = DpopRuntime.single_process()
+        if approvals is not None:
+            approvals.warm()
+            stack.callback(approvals.close)
         if missions is None:
             missions = MissionBook()
-        registered = Hooks(default_hooks(decision_log, missions) if hooks is None else hooks)
+        chosen = tuple(default_hooks(decision_log, missions) if hooks is None else hooks)
+        registered = Hooks(chosen if approvals is None else (*chosen, ApprovalCompletion(approvals)))
         enforcer = Enforcer(
-            EnforcementState.build(bundle, jwks, dpop), decision_log, registered, missions=missions
+            EnforcementState.build(bundle, jwks, dpop), decision_log, registered, approvals, missions=missions
         )
         checks = tuple(ready_checks)
         server = serve(
@@ -160,6 +168,7 @@ def start_gateway(
     jwks: JwksStore | None = None,
     transport: str = "grpc",
     hooks: Sequence[BodyHook] | None = None,
+    approvals: ApprovalDesk | None = None,
     missions: MissionBook | None = None,
 ) -> Iterator[Gateway]:
     """Envoy on `port` in front of every McpServer's upstream, checking each request here.
@@ -176,6 +185,7 @@ def start_gateway(
         jwks=jwks,
         http_authz_listen=http_authz_listen,
         hooks=hooks,
+        approvals=approvals,
         missions=missions,
     ) as ext_authz:
         address = ext_authz.http_authz_address if transport == "http" else ext_authz.address

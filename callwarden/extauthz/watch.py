@@ -32,6 +32,7 @@ from prometheus_client import Counter
 
 from callwarden.authzen.client import RemotePdps
 from callwarden.extauthz import metrics
+from callwarden.extauthz.approvals import ApprovalDesk
 from callwarden.extauthz.dpop import DpopRuntime
 from callwarden.extauthz.mission import MissionBook
 from callwarden.extauthz.mission_sync import proposer_for
@@ -48,6 +49,7 @@ from callwarden.kube.bundles import (
 )
 from callwarden.kube.client import Kube, describe_error
 from callwarden.kube.follow import INITIAL_BACKOFF, MAX_BACKOFF, follow
+from callwarden.policy.approval import ApprovalAuthority
 from callwarden.policy.bundle import Bundle, BundleError, compile_bundle
 from callwarden.policy.loader import ConfigError, config_from_objects
 from callwarden.policy.remote import RemotePdpFactory
@@ -97,9 +99,11 @@ class BundleWatcher:
         watch_seconds: int = WATCH_SECONDS,
         debounce: float = 0.05,
         remote_pdp: RemotePdpFactory | None = None,
+        approvals: ApprovalAuthority | None = None,
     ) -> None:
         self.kube = kube
         self.remote_pdp = remote_pdp  # builds the PDP of servers that name a remote AuthZEN PDP
+        self.approvals = approvals  # what embedded PDPs consult about approvals
         self.swap = swap
         self.namespace = namespace
         self.watch_seconds = watch_seconds
@@ -275,7 +279,9 @@ class BundleWatcher:
         previous = self._health
         try:
             objects = merge_objects(chosen[key] for key in sorted(chosen))
-            bundle = compile_bundle(config_from_objects(objects), remote_pdp=self.remote_pdp)
+            bundle = compile_bundle(
+                config_from_objects(objects), remote_pdp=self.remote_pdp, approvals=self.approvals
+            )
         except (ConfigError, BundleError) as error:
             BUNDLE_ERRORS.labels(reason="does-not-compile").inc()
             log.error(
@@ -334,6 +340,7 @@ def start_kubernetes_extauthz(
     audit_stream: IO[str] | None = None,
     workers: int = DEFAULT_WORKERS,
     tls: ServerTls | None = None,
+    approvals: ApprovalDesk | None = None,
     dpop: DpopRuntime | None = None,
 ) -> Iterator[KubernetesExtAuthz]:
     """ext_authz serving the bundle the API server holds, following it until the block exits.
@@ -341,9 +348,13 @@ def start_kubernetes_extauthz(
     The first bundle is listed before the gRPC port opens, so the service never answers from an
     empty configuration when the API server could have told it the real one. gRPC health and
     /readyz also say whether a bundle was loaded from the API (`BundleWatcher.readiness`).
+    `approvals` runs the approval workflow (its store: the AccessRequests of this API server).
     """
     remote_pdps = RemotePdps(observer=metrics.PdpMetrics())
-    watcher = BundleWatcher(kube, lambda bundle: None, namespace=namespace, remote_pdp=remote_pdps)
+    authority = approvals.authority if approvals is not None else None
+    watcher = BundleWatcher(
+        kube, lambda bundle: None, namespace=namespace, remote_pdp=remote_pdps, approvals=authority
+    )
     bundle = watcher.load()
     # Missions are watched like the bundles; a call outside one proposes its expansion as a Mission.
     proposer = proposer_for(MissionRecords(KubeDocuments(kube, instance="callwarden-extauthz")))
@@ -361,6 +372,7 @@ def start_kubernetes_extauthz(
             ready_checks=(watcher.readiness, missions.readiness),
             tls=tls,
             missions=missions.book,
+            approvals=approvals,
             dpop=dpop,
         ) as ext_authz,
     ):

@@ -8,13 +8,15 @@ given, else the pod's service account (in cluster), else the usual `$KUBECONFIG`
 from __future__ import annotations
 
 import base64
+import time
+from datetime import UTC, datetime
 from typing import Any, Final, cast
 
 from kubernetes import client
 from kubernetes import config as _config
 from kubernetes.client.exceptions import ApiException
 
-from callwarden.policy.model import API_GROUP, API_VERSION
+from callwarden.policy.model import API_GROUP, API_VERSION, GROUP_VERSION
 
 # kubernetes.config has no type hints (the generated client has).
 config: Any = _config
@@ -153,6 +155,20 @@ class Kube:
         )
         return cast(dict[str, Any], replaced)
 
+    def delete_custom(self, plural: str, namespace: str, name: str, resource_version: str) -> None:
+        """Delete, on the version read (409 if it moved)."""
+        self.custom.delete_namespaced_custom_object(
+            API_GROUP,
+            API_VERSION,
+            namespace,
+            plural,
+            name,
+            body=client.V1DeleteOptions(
+                preconditions=client.V1Preconditions(resource_version=resource_version)
+            ),
+            _request_timeout=REQUEST_TIMEOUT,
+        )
+
     # -- ConfigMaps --
 
     def list_configmaps(self, namespace: str | None, selector: str) -> tuple[list[dict[str, Any]], str]:
@@ -243,6 +259,31 @@ class Kube:
         )
         data: dict[str, Any] = self.to_json(replaced)
         return data
+
+
+def event_body(
+    involved: dict[str, Any], event_type: str, reason: str, message: str, *, component: str, instance: str
+) -> dict[str, Any]:
+    """A core/v1 Event about the callwarden.io object `involved` ({kind, name, namespace, uid})."""
+    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {
+            "name": f"{involved['name'][:200]}.{time.time_ns():x}",
+            "namespace": involved["namespace"],
+        },
+        "involvedObject": {"apiVersion": GROUP_VERSION, **involved},
+        "type": event_type,
+        "reason": reason,
+        "message": message[:1024],
+        "source": {"component": component},
+        "reportingComponent": component,
+        "reportingInstance": instance[:128],
+        "firstTimestamp": now,
+        "lastTimestamp": now,
+        "count": 1,
+    }
 
 
 def describe_error(error: Exception) -> str:

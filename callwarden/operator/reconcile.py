@@ -17,18 +17,17 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from typing import Any, Final
+from typing import Final
 
 from kubernetes.client.exceptions import ApiException
 
 from callwarden.kube.bundles import BUNDLE_SELECTOR, MANAGED_BY_LABEL, MANAGER, REVISION_ANNOTATION
-from callwarden.kube.client import Kube, describe_error
+from callwarden.kube.client import Kube, describe_error, event_body
 from callwarden.operator import metrics
 from callwarden.operator.discovery import Discoverer
 from callwarden.operator.mesh import MeshWiring
 from callwarden.operator.plan import NamespacePlan, StatusUpdate, plan_namespace
 from callwarden.operator.status import EventSpec, timestamp
-from callwarden.policy.model import GROUP_VERSION
 
 log = logging.getLogger(__name__)
 
@@ -214,28 +213,15 @@ class Reconciler:
                 self._post_event(update, event)
 
     def _post_event(self, update: StatusUpdate, event: EventSpec) -> None:
-        now = timestamp()
-        body: dict[str, Any] = {
-            "apiVersion": "v1",
-            "kind": "Event",
-            "metadata": {"name": f"{update.name[:200]}.{time.time_ns():x}", "namespace": update.namespace},
-            "involvedObject": {
-                "apiVersion": GROUP_VERSION,
-                "kind": update.kind,
-                "name": update.name,
-                "namespace": update.namespace,
-                "uid": update.uid,
-            },
-            "type": event.type,
-            "reason": event.reason,
-            "message": event.message[:1024],
-            "source": {"component": COMPONENT},
-            "reportingComponent": COMPONENT,
-            "reportingInstance": self.identity[:128],
-            "firstTimestamp": now,
-            "lastTimestamp": now,
-            "count": 1,
+        involved = {
+            "kind": update.kind,
+            "name": update.name,
+            "namespace": update.namespace,
+            "uid": update.uid,
         }
+        body = event_body(
+            involved, event.type, event.reason, event.message, component=COMPONENT, instance=self.identity
+        )
         try:
             self.kube.create_event(update.namespace, body)
         except ApiException as error:  # an Event is a courtesy; the status already says it all

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, Literal, Protocol
 
-from callwarden.policy.canonical import CanonicalizationError, binding_hash, canonical, structurally_equal
+from callwarden.policy.canonical import CanonicalizationError, binding_hash, binding_set, structurally_equal
 
 __all__ = [
     "APPROVAL_STATES",
@@ -43,17 +43,22 @@ __all__ = [
     "Execution",
     "InvalidTransition",
     "StoreConflict",
+    "TokenExpired",
     "TokenSigner",
     "approve",
-    "call_key",
+    "approve_remote",
     "cancel",
     "claim",
+    "close_remote",
     "deny",
     "expire_if_due",
     "finish",
     "format_time",
+    "lose",
     "new_task_id",
     "parse_time",
+    "prunable",
+    "refuse",
     "subject_key",
     "transition",
 ]
@@ -68,7 +73,8 @@ APPROVAL_STATES: Final[tuple[ApprovalState, ...]] = (
     "failed",
 )
 TERMINAL_STATES: Final = frozenset(APPROVAL_STATES) - {"pending"}
-Execution = Literal["none", "claimed", "executed", "withdrawn"]
+# `lost`: claimed, but no result ever came back (the call may have run): reported failed, never rerun.
+Execution = Literal["none", "claimed", "executed", "withdrawn", "lost"]
 # Dispositions of SEP-2848 (`_meta["net.openid.authzen/disposition"]`).
 Disposition = Literal["approved-executed", "denied-not-executed", "execution-error"]
 
@@ -132,6 +138,10 @@ class AccessRequestRecord:
     comment: str | None = None
     result: Mapping[str, Any] | None = None
     disposition: Disposition | None = None
+    submission: Mapping[str, Any] | None = None  # ARS submissions: binding token id, idempotency key
+    remote: Mapping[str, Any] | None = None  # the remote ARS's task, when a remote PDP holds the request
+    remote_approval: Mapping[str, Any] | None = None  # the approval that remote ARS granted, verbatim
+    claimed_at: str | None = None  # when a replica took the approved call to run it
     version: str | None = field(default=None, compare=False)
 
     @property
@@ -146,6 +156,8 @@ class AccessRequestRecord:
         """The ARAP `result.approval` object; placed unchanged at `context.approval` to re-evaluate."""
         if self.state != "approved" or self.approved_until is None or self.decided_at is None:
             return None
+        if self.remote is not None:
+            return None if self.remote_approval is None else dict(self.remote_approval)
         return {
             "id": APPROVAL_ID_PREFIX + self.id,
             "approved_at": self.decided_at,
@@ -205,6 +217,30 @@ def approve(
     )
 
 
+def approve_remote(
+    record: AccessRequestRecord, approval: Mapping[str, Any], now: datetime
+) -> AccessRequestRecord:
+    """pending -> approved by a remote ARS: its approval (`id`, `approved_until`) is kept verbatim,
+    and is enforced no longer than it says nor than the request's own expiry. Raises ValueError for
+    an approval that does not say until when."""
+    until = approval.get("approved_until")
+    if not isinstance(approval.get("id"), str) or not isinstance(until, str):
+        raise ValueError("the remote approval has no id or approved_until")
+    approved = approve(
+        record, f"ars:{(record.remote or {}).get('statusEndpoint', '')}", now, parse_time(until)
+    )
+    return approved.with_changes(remote_approval=dict(approval))
+
+
+def close_remote(record: AccessRequestRecord, state: ApprovalState, now: datetime) -> AccessRequestRecord:
+    """pending -> the terminal state a remote ARS reported (denied, expired, cancelled, failed)."""
+    current = expire_if_due(record, now)
+    _require(
+        current, current.state == "pending" and state in TERMINAL_STATES - {"approved"}, f"close as {state}"
+    )
+    return current.with_changes(state=state, decided_at=format_time(now), execution="withdrawn")
+
+
 def deny(
     record: AccessRequestRecord, approver: str, now: datetime, comment: str | None = None
 ) -> AccessRequestRecord:
@@ -234,7 +270,49 @@ def claim(record: AccessRequestRecord, now: datetime) -> AccessRequestRecord:
     _require(record, record.state == "approved" and record.execution == "none", "run the approved call")
     if record.approved_until is None or now >= parse_time(record.approved_until):
         raise InvalidTransition(f"the approval of {record.id} expired at {record.approved_until}")
-    return record.with_changes(execution="claimed")
+    return record.with_changes(execution="claimed", claimed_at=format_time(now))
+
+
+def lose(record: AccessRequestRecord, now: datetime, patience: timedelta) -> AccessRequestRecord:
+    """claimed longer than `patience` without a result -> lost: the replica that ran it went away
+    or the server never answered. The call may have run, so it is never run again (SEP-2848
+    `failed`: no result is possible)."""
+    _require(record, record.execution == "claimed", "give up on")
+    try:
+        claimed_at = parse_time(record.claimed_at or "")
+    except ValueError:
+        claimed_at = None  # no readable claim time: nothing says it is still running
+    if claimed_at is not None and now - claimed_at < patience:
+        raise InvalidTransition(f"access request {record.id} is still running")
+    return record.with_changes(execution="lost", comment="no result came back; the call will not run again")
+
+
+def refuse(record: AccessRequestRecord, why: str) -> AccessRequestRecord:
+    """An approved call that will never run (its approval expired, or the call no longer matches
+    it, or policy now denies it): SEP-2848 `denied-not-executed`, and final."""
+    _require(record, record.state == "approved" and record.execution == "none", "refuse")
+    return record.with_changes(execution="withdrawn", disposition="denied-not-executed", comment=why)
+
+
+def prunable(record: AccessRequestRecord, now: datetime, older_than: timedelta) -> bool:
+    """Whether a record is over and done with for longer than `older_than`: decided and never to
+    run (or run), or expired; a pending request and an approval still usable are never prunable."""
+    current = expire_if_due(record, now)
+    if current.state == "pending" or current.execution == "claimed":
+        return False
+    if current.state == "approved" and current.execution == "none":
+        try:  # an unused approval is over only once it can no longer be used
+            if now < parse_time(current.approved_until or ""):
+                return False
+        except ValueError:
+            pass
+    if current is not record:  # expired just now, lazily: it ended at its expiry
+        return now - parse_time(record.expires_at) >= older_than
+    try:
+        last = parse_time(current.decided_at or current.created_at)
+    except ValueError:
+        last = parse_time(current.created_at)
+    return now - last >= older_than
 
 
 def finish(
@@ -254,6 +332,10 @@ class ApprovalLookup(Protocol):
     def get(self, namespace: str, task_id: str) -> AccessRequestRecord | None: ...
 
 
+class TokenExpired(ValueError):
+    """A token that was valid, but no longer is (ARAP `expired_denial`, not `invalid_denial_binding`)."""
+
+
 class TokenSigner(Protocol):
     """Signs binding tokens (a compact JWS) and verifies the ones it signed."""
 
@@ -262,8 +344,12 @@ class TokenSigner(Protocol):
 
     def sign(self, claims: Mapping[str, Any]) -> str: ...
 
+    def jwks(self) -> dict[str, Any]:
+        """The public keys that verify the tokens (published as the PDP's `jwks_uri`)."""
+
     def verify(self, token: str, audience: str) -> dict[str, Any]:
-        """The claims of a token this signer issued for `audience`, unexpired; raises ValueError."""
+        """The claims of a token this signer issued for `audience`, unexpired; raises ValueError
+        (TokenExpired when only its time is up)."""
 
 
 @dataclass(frozen=True)
@@ -289,11 +375,14 @@ class ApprovalAuthority(Protocol):
         """Whether `request.context.approval` lifts the RequireApproval denial of `request`."""
 
 
-def _namespace_of(request: Mapping[str, Any]) -> str:
-    """The namespace whose records can approve `request`: its McpServer's, else `default`."""
+def _namespaces_of(request: Mapping[str, Any]) -> tuple[str, ...]:
+    """Where records that can approve `request` live: its McpServer's namespace (calls held on the
+    data path), then `default` (requests submitted to the ARS endpoint, whatever their context)."""
     mcp = (request.get("context") or {}).get("mcp")
     server = mcp.get("server") if isinstance(mcp, Mapping) else None
-    return server.split("/", 1)[0] if isinstance(server, str) and "/" in server else "default"
+    if isinstance(server, str) and "/" in server and not server.startswith("default/"):
+        return (server.split("/", 1)[0], "default")
+    return ("default",)
 
 
 @dataclass(frozen=True)
@@ -325,6 +414,7 @@ class BoundApprovals:
                 "jti": secrets.token_hex(16),
                 "evaluation_id": evaluation_id,
                 "binding_hash": hashed,
+                "binding_context_members": sorted(binding_set(request)["context"]),
                 "denial_expires_at": format_time(expires),
             }
         )
@@ -343,12 +433,18 @@ class BoundApprovals:
         approval_id = approval.get("id") if isinstance(approval, Mapping) else None
         if not isinstance(approval_id, str) or not approval_id.startswith(APPROVAL_ID_PREFIX):
             return ApprovalCheck(None, "approval_unverifiable")
-        record = self.lookup.get(_namespace_of(request), approval_id.removeprefix(APPROVAL_ID_PREFIX))
+        task_id = approval_id.removeprefix(APPROVAL_ID_PREFIX)
+        found = (self.lookup.get(namespace, task_id) for namespace in _namespaces_of(request))
+        record = next((r for r in found if r is not None), None)
         if record is None or not structurally_equal(approval, record.approval()):
             return ApprovalCheck(None, "approval_unverifiable")
         if record.execution not in ("none", "claimed"):
             return ApprovalCheck(None, "approval_unverifiable")  # used or withdrawn: never twice
-        if record.approved_until is None or self.clock() >= parse_time(record.approved_until):
+        try:
+            until = parse_time(record.approved_until or "")
+        except ValueError:  # a status edited by hand into something that is not a time
+            return ApprovalCheck(None, "approval_unverifiable")
+        if self.clock() >= until:
             return ApprovalCheck(None, "approval_expired")
         try:
             same = binding_hash(request) == record.binding_hash
@@ -378,9 +474,6 @@ class ApprovalStore(ApprovalLookup, Protocol):
     def all(self, namespace: str | None = None) -> list[AccessRequestRecord]:
         """Every record (of one namespace), oldest first."""
 
-    def for_call(self, namespace: str, call_key: str) -> list[AccessRequestRecord]:
-        """The records of one call (`call_key`: server, subject, tool and argument digest), oldest first."""
-
     def for_subject(self, namespace: str, subject_id: str) -> list[AccessRequestRecord]:
         """The records of one subject, oldest first."""
 
@@ -405,11 +498,6 @@ def transition(store: ApprovalStore, namespace: str, task_id: str, step: Transit
         except StoreConflict:
             continue
     raise StoreConflict(f"access request {task_id} kept changing; gave up after {_CONFLICT_RETRIES} tries")
-
-
-def call_key(server: str, subject_id: str, tool: str | None, arguments_digest: str) -> str:
-    """The identity of a call for deduplication: who asked for which tool with which arguments."""
-    return hashlib.sha256(canonical([server, subject_id, tool, arguments_digest])).hexdigest()[:40]
 
 
 def subject_key(subject_id: str) -> str:

@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from callwarden.policy.approval import ApprovalAuthority
 from callwarden.policy.loader import Config
 from callwarden.policy.mapping import ServerMapping, compile_server_mapping
 from callwarden.policy.model import McpServer, ToolPolicy, resource_metadata_url
@@ -109,7 +110,11 @@ def _route_of(compiled: CompiledServer) -> _Route:
 
 
 def compile_server(
-    server: McpServer, policies: Iterable[ToolPolicy], *, remote_pdp: RemotePdpFactory | None = None
+    server: McpServer,
+    policies: Iterable[ToolPolicy],
+    *,
+    remote_pdp: RemotePdpFactory | None = None,
+    approvals: ApprovalAuthority | None = None,
 ) -> CompiledServer:
     """Compile one server with the policies that target it; raises PolicyCompileError.
 
@@ -123,15 +128,21 @@ def compile_server(
         return CompiledServer(server=server, mapping=mapping, pdp=pdp, policies=())
     targeting = sorted((p for p in policies if p.targets_server(server)), key=lambda p: p.key)
     return CompiledServer(
-        server=server, mapping=mapping, pdp=compile_pdp(targeting), policies=tuple(p.key for p in targeting)
+        server=server,
+        mapping=mapping,
+        pdp=compile_pdp(targeting, approvals=approvals),
+        policies=tuple(p.key for p in targeting),
     )
 
 
-def compile_bundle(config: Config, *, remote_pdp: RemotePdpFactory | None = None) -> Bundle:
+def compile_bundle(
+    config: Config, *, remote_pdp: RemotePdpFactory | None = None, approvals: ApprovalAuthority | None = None
+) -> Bundle:
     """Compile every server of a validated configuration; raises BundleError.
 
     `remote_pdp` builds the PDP of each server that names a remote AuthZEN PDP (see
-    `compile_server`); the data path passes one, offline tools do not.
+    `compile_server`); the data path passes one, offline tools do not. `approvals` makes the
+    embedded PDPs' RequireApproval requestable and liftable (`policy.approval`).
     """
     errors = [str(e) for policy in config.policies.values() for e in check_policy(policy)]
     if errors:
@@ -140,7 +151,9 @@ def compile_bundle(config: Config, *, remote_pdp: RemotePdpFactory | None = None
     problems: list[str] = []
     for key, server in sorted(config.servers.items()):
         try:
-            compiled = compile_server(server, config.policies.values(), remote_pdp=remote_pdp)
+            compiled = compile_server(
+                server, config.policies.values(), remote_pdp=remote_pdp, approvals=approvals
+            )
         except PolicyCompileError as error:  # check_policy should have caught it; stay closed
             raise BundleError([str(error)]) from error
         servers[key] = compiled

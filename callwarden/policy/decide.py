@@ -18,7 +18,7 @@ from callwarden.policy.mapping import (
     UnknownMethod,
 )
 from callwarden.policy.mission import ActiveMission, decide_in_mission
-from callwarden.policy.pdp import EmbeddedPdp
+from callwarden.policy.pdp import Decision, EmbeddedPdp
 from callwarden.policy.remote import PdpUnavailable
 
 # JSON-RPC codes of the COAZ MCP binding (standards.md §2.7).
@@ -45,6 +45,13 @@ class Verdict:
     reasons: tuple[str, ...]
     requests: tuple[dict[str, Any], ...] = ()
     requestable: bool = False
+    decisions: tuple[Decision, ...] = ()  # one per request, in order
+    params: Mapping[str, Any] | None = None  # the message's params (what an approval binds)
+
+    @property
+    def approvals(self) -> tuple[str, ...]:
+        """The approval ids that permitted this message: each must be consumed before it runs."""
+        return tuple(d.approval for d in self.decisions if d.approval is not None)
 
     @property
     def code(self) -> int | None:
@@ -82,11 +89,35 @@ def decide(
     if isinstance(result, MappingFailure):
         error = JsonRpcError(MAPPING_ERROR, result.message)
         return Verdict(False, method, tool_of(method, params), error, ())
-    return _decide_requests(server, method, result, mission)
+    return _decide_requests(server, method, result, params, mission)
+
+
+def decide_with_approval(
+    server: CompiledServer,
+    params: Mapping[str, Any],
+    claims: Mapping[str, Any],
+    approval: Mapping[str, Any],
+    cnf: Mapping[str, Any] | None = None,
+) -> Verdict:
+    """Decide a `tools/call` again with an ARAP approval placed, unchanged, at `context.approval`
+    of every request its mapping produces (ARAP §4.4 re-evaluation); never raises. `cnf` is the
+    current request's proven DPoP key, as for `decide`: an approval bound to one key needs it."""
+    result = server.mapping.map("tools/call", params, claims, cnf=cnf)
+    if not isinstance(result, AuthorizationRequests):
+        return decide(server, "tools/call", params, claims, cnf=cnf)
+    approved = tuple(
+        {**r, "context": {**r.get("context", {}), "approval": dict(approval)}} for r in result.requests
+    )
+    wire = approved[0] if len(approved) == 1 else {"evaluations": list(approved)}
+    return _decide_requests(server, "tools/call", AuthorizationRequests(wire, approved, result.tool), params)
 
 
 def _decide_requests(
-    server: CompiledServer, method: str, result: AuthorizationRequests, mission: ActiveMission | None
+    server: CompiledServer,
+    method: str,
+    result: AuthorizationRequests,
+    params: Mapping[str, Any] | None,
+    mission: ActiveMission | None = None,
 ) -> Verdict:
     try:
         decisions = server.pdp.evaluate_mapped(result.requests)
@@ -103,7 +134,9 @@ def _decide_requests(
     denied = [d for d in decisions if not d.allowed]
     if decisions and not denied:
         reasons = tuple(dict.fromkeys(r for d in decisions for r in d.reasons))
-        return Verdict(True, method, result.tool, None, reasons, result.requests)
+        return Verdict(
+            True, method, result.tool, None, reasons, result.requests, False, tuple(decisions), params
+        )
     if not decisions:  # an empty answer is not a permit
         empty = JsonRpcError(PDP_FAILURE, "Authorization service returned no decision")
         return Verdict(False, method, result.tool, empty, (), result.requests)
@@ -111,7 +144,17 @@ def _decide_requests(
     reasons = tuple(dict.fromkeys(r for d in denied for r in d.reasons))
     target = f"tool {result.tool!r}" if result.tool else f"method {method!r}"
     denial = JsonRpcError(DENIED, f"Access to {target} denied: {first.message}")
-    return Verdict(False, method, result.tool, denial, reasons, result.requests, first.requestable)
+    return Verdict(
+        False,
+        method,
+        result.tool,
+        denial,
+        reasons,
+        result.requests,
+        first.requestable,
+        tuple(decisions),
+        params,
+    )
 
 
 def tool_of(method: str, params: Mapping[str, Any] | None) -> str | None:

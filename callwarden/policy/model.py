@@ -305,6 +305,18 @@ class Requester(Spec):
     actors: list[dict[str, Any]] = Field(default_factory=list)
 
 
+class Submission(Spec):
+    """How an access request reached callwarden's ARS endpoint (absent for held MCP calls)."""
+
+    binding_token_id: Annotated[str, StringConstraints(max_length=128)] = Field(
+        description="The `jti` of the binding token submitted: each token opens one request."
+    )
+    idempotency_key: Annotated[str, StringConstraints(max_length=256)] | None = None
+    body_digest: Annotated[str, StringConstraints(max_length=128)] = Field(
+        description="sha256 of the submitted body's RFC 8785 form: a same-key retry must match it."
+    )
+
+
 class AccessRequestSpec(Spec):
     """The binding record of one requested tool call (SEP-2848), written once and never changed.
 
@@ -313,8 +325,8 @@ class AccessRequestSpec(Spec):
     failed) is a change of the status subresource, which is what approving means in RBAC terms.
     """
 
-    server: Annotated[str, StringConstraints(min_length=3, max_length=507)] = Field(
-        description="The McpServer key, `namespace/name`."
+    server: Annotated[str, StringConstraints(min_length=1, max_length=507)] = Field(
+        description="The McpServer key, `namespace/name` (`authzen` for a request made at the ARS endpoint)."
     )
     tool: ToolName | None = Field(default=None, description="The called tool.")
     arguments_digest: Annotated[str, StringConstraints(pattern=r"^sha256:[A-Za-z0-9_-]{43}$")] = Field(
@@ -334,6 +346,12 @@ class AccessRequestSpec(Spec):
     requester: Requester = Field(default_factory=Requester)
     created_at: Timestamp
     expires_at: Timestamp = Field(description="When a pending request expires; approvals never outlive it.")
+    submission: Submission | None = None
+    remote: dict[str, Any] | None = Field(
+        default=None,
+        description="When a remote PDP's ARS holds the request: its task (`taskId`, `statusEndpoint`); "
+        "the approval it grants is kept in status and placed unchanged at context.approval.",
+    )
 
 
 # --- Mission -----------------------------------------------------------------------------

@@ -1,10 +1,9 @@
 """`ApprovalStore` over a `DocumentStore`: AccessRequest objects <-> binding records.
 
 The spec is the binding record (written once); the status is the decision and the execution.
-Two labels make the data path's lookups cheap on both backends: `callwarden.io/call` (who called
-which tool with which arguments: deduplication and the identical retry) and
-`callwarden.io/subject` (the per-subject submission limit). Both are hashes, because label values
-are limited to 63 characters of a small alphabet and subject ids are not.
+The label `callwarden.io/subject` (a hash: label values are limited to 63 characters of a small
+alphabet, subject ids are not) finds a subject's records in one list call on both backends:
+deduplication, the identical retry and the submission limit all read that one list.
 """
 
 from __future__ import annotations
@@ -12,15 +11,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Final
 
-from callwarden.policy.approval import AccessRequestRecord, call_key, subject_key
+from callwarden.policy.approval import AccessRequestRecord, subject_key
 from callwarden.policy.model import GROUP_VERSION
 from callwarden.stores.documents import DocumentStore
 
-__all__ = ["CALL_LABEL", "KIND", "PLURAL", "SUBJECT_LABEL", "ApprovalRecords", "from_object", "to_object"]
+__all__ = ["KIND", "PLURAL", "SUBJECT_LABEL", "ApprovalRecords", "from_object", "to_object"]
 
 KIND: Final = "AccessRequest"
 PLURAL: Final = "accessrequests"
-CALL_LABEL: Final = "callwarden.io/call"
 SUBJECT_LABEL: Final = "callwarden.io/subject"
 _SPEC: Final = (
     ("server", "server"),
@@ -35,6 +33,8 @@ _SPEC: Final = (
     ("revision", "bundleRevision"),
     ("created_at", "createdAt"),
     ("expires_at", "expiresAt"),
+    ("submission", "submission"),
+    ("remote", "remote"),
 )
 _STATUS: Final = (
     ("state", "state"),
@@ -45,6 +45,8 @@ _STATUS: Final = (
     ("comment", "comment"),
     ("result", "result"),
     ("disposition", "disposition"),
+    ("remote_approval", "remoteApproval"),
+    ("claimed_at", "claimedAt"),
 )
 
 
@@ -59,7 +61,6 @@ def to_object(record: AccessRequestRecord) -> dict[str, Any]:
         "name": record.id,
         "namespace": record.namespace,
         "labels": {
-            CALL_LABEL: call_key(record.server, record.subject_id, record.tool, record.arguments_digest),
             SUBJECT_LABEL: subject_key(record.subject_id),
         },
     }
@@ -103,12 +104,13 @@ class ApprovalRecords:
     def all(self, namespace: str | None = None) -> list[AccessRequestRecord]:
         return [from_object(body) for body in self.documents.select(PLURAL, namespace)]
 
-    def for_call(self, namespace: str, call: str) -> list[AccessRequestRecord]:
-        return [from_object(body) for body in self.documents.select(PLURAL, namespace, {CALL_LABEL: call})]
-
     def for_subject(self, namespace: str, subject_id: str) -> list[AccessRequestRecord]:
         labels = {SUBJECT_LABEL: subject_key(subject_id)}
         return [from_object(body) for body in self.documents.select(PLURAL, namespace, labels)]
+
+    def delete(self, record: AccessRequestRecord) -> None:
+        """Delete a record on the version read (raises StoreConflict if it moved)."""
+        self.documents.delete(PLURAL, to_object(record))
 
     def event(self, record: AccessRequestRecord, reason: str, message: str, *, warning: bool = False) -> None:
         self.documents.event(to_object(record), reason, message, warning=warning)

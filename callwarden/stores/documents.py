@@ -22,11 +22,14 @@ class DocumentStore(Protocol):
     def select(
         self, plural: str, namespace: str | None = None, labels: Mapping[str, str] | None = None
     ) -> list[dict[str, Any]]:
-        """Objects (of one namespace, all of whose `labels` match), oldest first."""
+        """Objects (of one namespace, all of whose `labels` match), oldest first (to the second)."""
 
     def replace_status(self, plural: str, body: Mapping[str, Any]) -> dict[str, Any]:
         """Write `body.status` if the stored object still has `body.metadata.resourceVersion`;
         raises StoreConflict otherwise. Returns the object as stored."""
+
+    def delete(self, plural: str, body: Mapping[str, Any]) -> None:
+        """Delete the object if it still has `body.metadata.resourceVersion`; raises StoreConflict."""
 
     def event(self, body: Mapping[str, Any], reason: str, message: str, *, warning: bool = False) -> None:
         """Record that something happened to the object (a Kubernetes Event; a log row standalone)."""

@@ -9,15 +9,12 @@ from __future__ import annotations
 
 import copy
 import logging
-import time
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from typing import Any, Final
 
 from kubernetes.client.exceptions import ApiException
 
-from callwarden.kube.client import Kube
-from callwarden.policy.model import GROUP_VERSION
+from callwarden.kube.client import Kube, event_body
 from callwarden.stores.documents import StoreConflict
 
 __all__ = ["KubeDocuments"]
@@ -71,33 +68,29 @@ class KubeDocuments:
                 ) from error
             raise
 
+    def delete(self, plural: str, body: Mapping[str, Any]) -> None:
+        metadata = body["metadata"]
+        try:
+            self.kube.delete_custom(
+                plural, metadata["namespace"], metadata["name"], str(metadata["resourceVersion"])
+            )
+        except ApiException as error:
+            if error.status in (404, 409):
+                raise StoreConflict(
+                    f"{plural} {metadata['name']} changed (or vanished) since it was read"
+                ) from error
+            raise
+
     def event(self, body: Mapping[str, Any], reason: str, message: str, *, warning: bool = False) -> None:
         metadata = body["metadata"]
-        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        event: dict[str, Any] = {
-            "apiVersion": "v1",
-            "kind": "Event",
-            "metadata": {
-                "name": f"{metadata['name'][:200]}.{time.time_ns():x}",
-                "namespace": metadata["namespace"],
-            },
-            "involvedObject": {
-                "apiVersion": GROUP_VERSION,
-                "kind": body.get("kind", ""),
-                "name": metadata["name"],
-                "namespace": metadata["namespace"],
-                "uid": metadata.get("uid"),
-            },
-            "type": "Warning" if warning else "Normal",
-            "reason": reason,
-            "message": message[:1024],
-            "source": {"component": COMPONENT},
-            "reportingComponent": COMPONENT,
-            "reportingInstance": self.instance[:128],
-            "firstTimestamp": now,
-            "lastTimestamp": now,
-            "count": 1,
+        involved = {
+            "kind": body.get("kind", ""),
+            "name": metadata["name"],
+            "namespace": metadata["namespace"],
+            "uid": metadata.get("uid"),
         }
+        kind = "Warning" if warning else "Normal"
+        event = event_body(involved, kind, reason, message, component=COMPONENT, instance=self.instance)
         try:
             self.kube.create_event(metadata["namespace"], event)
         except ApiException as error:  # an Event is a courtesy; the status and the decision log say it all

@@ -144,6 +144,18 @@ class SqliteDocuments:
             )
         return stored
 
+    def delete(self, plural: str, body: Mapping[str, Any]) -> None:
+        metadata = body["metadata"]
+        key = (plural, metadata["namespace"], metadata["name"])
+        with self._write() as connection:
+            deleted = connection.execute(
+                "DELETE FROM objects WHERE plural = ? AND namespace = ? AND name = ? AND version = ?",
+                (*key, int(metadata.get("resourceVersion") or 0)),
+            ).rowcount
+            if deleted != 1:
+                raise StoreConflict(f"{plural} {key[1]}/{key[2]} changed (or vanished) since it was read")
+            connection.execute("DELETE FROM labels WHERE plural = ? AND namespace = ? AND name = ?", key)
+
     def event(self, body: Mapping[str, Any], reason: str, message: str, *, warning: bool = False) -> None:
         metadata = body["metadata"]
         with self._write() as connection:

@@ -31,11 +31,13 @@ import pytest
 from callwarden.demo.issuers import DEFAULT_ISSUERS, RunningIssuers, start_issuers
 from callwarden.demo.run import EXAMPLE, NAMESPACE, Issuers, localize
 from callwarden.demo.servers import DEFAULT_PORTS, RunningServers, start_servers
+from callwarden.extauthz.approvals import ApprovalDesk, approval_desk
 from callwarden.extauthz.decide import DECISION_HEADER
 from callwarden.extauthz.extproc import BodyHook
 from callwarden.extauthz.mission import MissionBook
 from callwarden.extauthz.service import Gateway, start_gateway
 from callwarden.extauthz.token import JwksStore
+from callwarden.policy.approval import ApprovalAuthority, ApprovalStore
 from callwarden.policy.bundle import Bundle, CompiledServer, compile_bundle
 from callwarden.policy.loader import Config, load_config
 from callwarden.policy.model import Dpop
@@ -82,6 +84,13 @@ class DataPath:
     client: httpx2.Client
     issuers: RunningIssuers | None = None  # the demo issuers, when the test brought none
     config: Config | None = None  # the localized configuration the bundle was compiled from
+    approvals: ApprovalDesk | None = None  # the approval workflow, when started with a store
+    authority: ApprovalAuthority | None = None  # what the bundle's PDPs consult about approvals
+
+    def recompile(self, config: Config) -> None:
+        """Enforce `config` from the next request on, as a configuration change would."""
+        self.bundle = compile_bundle(config, approvals=self.authority)
+        self.gateway.ext_authz.swap(self.bundle)
 
     @property
     def url(self) -> str:
@@ -170,6 +179,7 @@ def start_datapath(
     transport: str = "grpc",
     dpop: bool | Dpop = False,
     hooks: Sequence[BodyHook] | None = None,
+    approvals: ApprovalStore | None = None,
     missions: MissionBook | None = None,
 ) -> Iterator[DataPath]:
     """The board-packet scenario behind real Envoy, on free loopback ports, until the block exits.
@@ -177,12 +187,12 @@ def start_datapath(
     `issuers` replaces the demo issuers (keyed by server name: finance, documents, workflow);
     `jwks` is a configured key store (e.g. short refresh intervals) the caller closes;
     `remote_pdp` builds the PDP of servers whose spec names `pdp.authzen` (see `DataPath.config`);
-    `transport` is how Envoy asks the checker ("grpc" or "http" ext_authz).
+    `transport` is how Envoy asks the checker ("grpc" or "http" ext_authz); `hooks` replaces the
+    default ext_proc body hooks; `approvals` runs the approval workflow on that store.
     `dpop`: True keeps the example's `spec.dpop` (finance requires DPoP), a `Dpop` gives every
     server that one; by default (False) DPoP is off everywhere, so tests of bearer tokens and of
-    Layer 2 send plain `Bearer` tokens to every server. `hooks` replaces the default ext_proc
-    body hooks. `missions` are the
-    missions calls may bind to (`callwarden-mission` header).
+    Layer 2 send plain `Bearer` tokens to every server. `missions` are the missions calls may
+    bind to (`callwarden-mission` header).
     """
     with ExitStack() as stack:
         servers = stack.enter_context(start_servers(dict.fromkeys(SERVERS, 0)))
@@ -193,7 +203,13 @@ def start_datapath(
         config = localize(load_config([EXAMPLE]), servers, trusted)
         if dpop is not True:
             config = with_dpop(config, Dpop() if dpop is False else dpop)
-        bundle = compile_bundle(config, remote_pdp=remote_pdp)
+        desk = None
+        if approvals is not None:
+            desk = approval_desk(
+                approvals, workdir / "binding-key.pem", "https://callwarden.test", create_key=True
+            )
+        authority = desk.authority if desk is not None else None
+        bundle = compile_bundle(config, remote_pdp=remote_pdp, approvals=authority)
         audit_path = workdir / "decisions.jsonl"
         gateway = stack.enter_context(
             start_gateway(
@@ -203,11 +219,23 @@ def start_datapath(
                 jwks=jwks,
                 transport=transport,
                 hooks=hooks,
+                approvals=desk,
                 missions=missions,
             )
         )
         client = stack.enter_context(httpx2.Client(timeout=10.0, trust_env=False))
-        yield DataPath(gateway, servers, bundle, audit_path, client, demo_issuers, config)
+        yield DataPath(gateway, servers, bundle, audit_path, client, demo_issuers, config, desk, authority)
+
+
+def running_approvals_datapath(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DataPath]:
+    """A module's data path with the approval workflow on a fresh SQLite store
+    (`datapath.approvals.store`)."""
+    from callwarden.stores.approvals import ApprovalRecords
+    from callwarden.stores.sqlite import SqliteDocuments
+
+    store = ApprovalRecords(SqliteDocuments(tmp_path_factory.mktemp("store") / "approvals.db"))
+    with start_datapath(tmp_path_factory.mktemp("datapath"), approvals=store) as running:
+        yield running
 
 
 def with_dpop(config: Config, dpop: Dpop) -> Config:

@@ -89,12 +89,10 @@ def test_of_many_concurrent_claims_exactly_one_wins(store: ApprovalRecords, name
     assert len(losers) == 5
 
 
-def test_records_are_found_by_call_and_by_subject(store: ApprovalRecords, namespace: str) -> None:
+def test_records_are_found_by_subject(store: ApprovalRecords, namespace: str) -> None:
     first = store.create(new_record(namespace, subject="erin"))
     other_amount = store.create(new_record(namespace, subject="erin", amount=1))
     store.create(new_record(namespace, subject="frank"))
-    key = ap.call_key(first.server, "erin", first.tool, first.arguments_digest)
-    assert [r.id for r in store.for_call(namespace, key)] == [first.id]
     assert {r.id for r in store.for_subject(namespace, "erin")} == {first.id, other_amount.id}
 
 
@@ -107,3 +105,13 @@ def test_a_finished_result_is_stored_with_the_record(store: ApprovalRecords, nam
     stored = store.get(namespace, created.id)
     assert stored is not None
     assert (stored.execution, stored.result, stored.disposition) == ("executed", result, "approved-executed")
+
+
+def test_a_record_is_deleted_only_on_the_version_read(store: ApprovalRecords, namespace: str) -> None:
+    created = store.create(new_record(namespace))
+    moved = store.replace(ap.deny(created, "carol", datetime.now(UTC)))
+    with pytest.raises(ap.StoreConflict):
+        store.delete(created)
+    store.delete(moved)
+    assert store.get(namespace, created.id) is None
+    assert created.id not in {r.id for r in store.for_subject(namespace, created.subject_id)}
