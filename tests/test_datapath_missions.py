@@ -234,7 +234,10 @@ def test_a_tools_list_under_a_mission_lists_only_what_the_mission_can_reach(
     datapath: DataPath, book: MissionBook
 ) -> None:
     book.update([DOCUMENTS_ONLY])
-    assert listed(datapath, "finance") == ("query_financials",)  # no mission: the caller's catalog
+    assert listed(datapath, "finance") == (
+        "query_financials",
+        "transfer_funds",
+    )  # no mission: all it could call
     assert listed(datapath, "finance", header(DOCUMENTS_ONLY)) == ()
     assert listed(datapath, "documents", header(DOCUMENTS_ONLY)) == ("create_doc",)
 
