@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import anyio
 import httpx2
@@ -71,16 +71,24 @@ def listed_tools(datapath: DataPath, roles: Sequence[str]) -> tuple[str, ...]:
 
 
 def test_the_analyst_and_the_intern_see_different_catalogs_of_the_finance_server(datapath: DataPath) -> None:
-    assert listed_tools(datapath, ["analyst"]) == ("query_financials",)
+    assert listed_tools(datapath, ["analyst"]) == ("query_financials", "transfer_funds")
     assert listed_tools(datapath, ["intern"]) == ()
 
 
+# One allowed call for each tool the analyst's finance catalog lists (transfer_funds: a small
+# transfer; a large one would be held for approval).
+ANALYST_ALLOWED_CALLS: Final = (
+    ToolCall(*ALLOWED_CALLS["finance"]),
+    ToolCall("transfer_funds", {"to": "acct-991", "amount": 100}),
+)
+
+
 def test_each_tool_the_analyst_sees_is_allowed_for_some_arguments(datapath: DataPath) -> None:
-    tool, arguments = ALLOWED_CALLS["finance"]
     run = run_agent(
-        datapath.url, datapath.token("finance"), [ToolCall(tool, arguments)], host=datapath.host("finance")
+        datapath.url, datapath.token("finance"), list(ANALYST_ALLOWED_CALLS), host=datapath.host("finance")
     )
-    assert run.tools == (tool,) and [call.status for call in run.calls()] == ["allowed"]
+    assert run.tools == tuple(call.tool for call in ANALYST_ALLOWED_CALLS)
+    assert [call.status for call in run.calls()] == ["allowed", "allowed"]
 
 
 def test_the_tool_the_intern_does_not_see_is_still_denied_when_called(datapath: DataPath) -> None:
@@ -104,7 +112,10 @@ def test_the_list_and_the_calls_are_decided_by_the_same_bundle_revision(datapath
         line for line in lines if line.get("catalog", {}).get("check_decision_id") == check["decision_id"]
     ]
     assert listing["revision"] == check["revision"] == datapath.bundle.revision
-    assert listing["catalog"]["removed"] == [{"tool": "query_financials", "reason": "not-allowed"}]
+    assert listing["catalog"]["removed"] == [
+        {"tool": "query_financials", "reason": "not-allowed"},
+        {"tool": "transfer_funds", "reason": "not-allowed"},
+    ]
 
 
 def test_the_list_is_filtered_when_envoy_asks_over_http_ext_authz_too(tmp_path: Path) -> None:

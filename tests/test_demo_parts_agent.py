@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from callwarden.demo.agent import AgentRun, ToolCall, run_agent
-from callwarden.demo.servers import DECISION_ID_HEADER, RunningServers
+from callwarden.demo.servers import DECISION_ID_HEADER, TOOLS, RunningServers
 
 pytest_plugins = ("tests.support.mcp_servers",)
 pytestmark = pytest.mark.integration
@@ -121,7 +121,7 @@ def test_direct_run_against_a_demo_server_is_allowed_and_executes(
         summary(run)
         == [("initialize", "allowed"), ("tools/list", "allowed")] + [(call.describe(), "allowed")] * 2
     )
-    assert run.tools == (call.tool,)
+    assert run.tools == TOOLS[name]
     assert all(outcome.http_status == 200 and outcome.decision_id is None for outcome in run.outcomes)
     assert demo_servers.executed(name, call.tool) == 2
 
