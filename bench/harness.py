@@ -215,10 +215,12 @@ def start_callwarden(
     processes: int = 1,
     timeout: float = 60.0,
     transport: str = "grpc",
+    switch_interval: float | None = None,
 ) -> Service:
     """`callwarden extauthz` in its own process(es), so its CPU can be read from /proc.
 
     `transport="http"` also serves Envoy's HTTP ext_authz, and the addresses are that server's.
+    `switch_interval` sets the interpreter's `sys.setswitchinterval` before the CLI starts.
 
     Several processes each listen on their own port; Envoy's ext_authz cluster then lists every
     one of them and balances across them (the effect SO_REUSEPORT has for one shared port).
@@ -229,7 +231,7 @@ def start_callwarden(
     service = Service("callwarden", [], started, logs)
     try:
         for index in range(processes):
-            command = [*taskset(cpus), sys.executable, "-m", "callwarden.cli", "extauthz"]
+            command = [*taskset(cpus), sys.executable, *_cli(switch_interval), "extauthz"]
             command += ["--config", str(config_dir), "--listen", "127.0.0.1:0"]
             command += ["--workers", str(workers), "--audit-log", str(workdir / f"decisions-{index}.log")]
             if transport == "http":
@@ -249,6 +251,14 @@ def start_callwarden(
         service.stop()
         raise
     return service
+
+
+def _cli(switch_interval: float | None) -> list[str]:
+    if switch_interval is None:
+        return ["-m", "callwarden.cli"]
+    code = "import runpy, sys; sys.setswitchinterval(float(sys.argv.pop(1)))"
+    code += "; runpy.run_module('callwarden.cli', run_name='__main__')"
+    return ["-c", code, str(switch_interval)]
 
 
 def _wait_port_line(

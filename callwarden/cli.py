@@ -11,7 +11,7 @@ import tempfile
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import IO, TYPE_CHECKING, Any, NoReturn
 
 from callwarden.extauthz.jsonrpc import BodyRejected, parse_body
 from callwarden.policy.bundle import Bundle, BundleError, CompiledServer, compile_bundle
@@ -109,12 +109,16 @@ def _command_check(args: argparse.Namespace) -> int:
     return EXIT_ALLOW if report["decision"] else EXIT_DENY
 
 
-def _wait_for_signal() -> None:
-    """Block until SIGTERM or SIGINT (Kubernetes stops pods with SIGTERM)."""
+def _stop_event() -> threading.Event:
+    """Set on SIGTERM or SIGINT (Kubernetes stops pods with SIGTERM)."""
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    stop.wait()
+    return stop
+
+
+def _wait_for_signal() -> None:
+    _stop_event().wait()
 
 
 def _remote_pdps() -> RemotePdpFactory:
@@ -128,20 +132,26 @@ def _remote_pdps() -> RemotePdpFactory:
 def _command_extauthz(args: argparse.Namespace) -> int:
     if args.kubernetes == bool(args.config):
         raise InputError("extauthz needs either --config or --kubernetes (not both)")
+    workers = _worker_count(args)
+    if workers > 1:
+        return _extauthz_supervisor(args, workers)
     if args.kubernetes:
         return _extauthz_from_kubernetes(args)
     from callwarden.extauthz.service import start_extauthz  # noqa: PLC0415 (grpc only when serving)
 
     bundle = load_bundle(args.config, remote_pdp=_remote_pdps())
+    audit_path, audit_stream = _decision_sink(args)
     with start_extauthz(
         bundle,
         listen=args.listen,
         http_listen=args.http_listen,
-        audit_path=args.audit_log,
-        workers=args.workers,
+        audit_path=audit_path,
+        audit_stream=audit_stream,
+        workers=args.grpc_threads,
         tls=_server_tls(args),
         http_authz_listen=args.http_authz_listen,
         dpop=_dpop_runtime(args),
+        reuse_port=args.supervised,
     ) as ext_authz:
         http_authz = ext_authz.http_authz
         also = f", HTTP ext_authz on port {http_authz.port}" if http_authz is not None else ""
@@ -150,7 +160,7 @@ def _command_extauthz(args: argparse.Namespace) -> int:
             f"on {args.listen} (port {ext_authz.server.port}){also}",
             file=sys.stderr,
         )
-        _wait_for_signal()
+        _serve_until_stopped(args, ext_authz.server.http_port)
     return 0
 
 
@@ -165,6 +175,58 @@ def _dpop_runtime(args: argparse.Namespace) -> DpopRuntime | None:
         return DpopRuntime(NonceKeys.from_file(args.dpop_nonce_key_file), ReplayCache())
     except (OSError, ValueError) as error:
         raise InputError(f"cannot load DPoP nonce keys from {args.dpop_nonce_key_file}: {error}") from error
+
+
+def _worker_count(args: argparse.Namespace) -> int:
+    from callwarden.extauthz.workers import MAX_WORKERS, cpu_limit  # noqa: PLC0415
+
+    if args.workers is None:
+        return min(cpu_limit(), MAX_WORKERS)
+    if not 1 <= args.workers <= MAX_WORKERS:
+        raise InputError(f"--workers must be between 1 and {MAX_WORKERS}, not {args.workers}")
+    return int(args.workers)
+
+
+def _extauthz_supervisor(args: argparse.Namespace, workers: int) -> int:
+    """`--workers N`, N > 1: this process runs N workers (callwarden.extauthz.workers)."""
+    from callwarden.extauthz.workers import Plan, WorkerFailed, run_supervisor  # noqa: PLC0415
+
+    _log_to_stderr()
+    if args.config:
+        load_bundle(args.config)  # a bad configuration is exit 2 here, not N failing workers
+    _server_tls(args)
+    plan = Plan(
+        args.argv,
+        workers,
+        listen=args.listen,
+        http_listen=args.http_listen,
+        http_authz_listen=args.http_authz_listen,
+        audit_path=args.audit_log,
+    )
+    try:
+        run_supervisor(plan, _stop_event())
+    except (WorkerFailed, OSError) as error:
+        raise InputError(str(error)) from error
+    return 0
+
+
+def _decision_sink(args: argparse.Namespace) -> tuple[str | None, IO[str] | None]:
+    """Where this process's decision log goes: the supervisor's pipe (a worker), or --audit-log."""
+    if args.decision_log_fd is None:
+        return args.audit_log, None
+    from callwarden.extauthz.workers import decision_stream  # noqa: PLC0415
+
+    return None, decision_stream(args.decision_log_fd)
+
+
+def _serve_until_stopped(args: argparse.Namespace, http_port: int | None) -> None:
+    stop = _stop_event()
+    if args.supervised:  # a worker: say where it serves, and stop when the supervisor is gone
+        from callwarden.extauthz.workers import announce, watch_lifeline  # noqa: PLC0415
+
+        watch_lifeline(stop)
+        announce(http_port)
+    stop.wait()
 
 
 def _server_tls(args: argparse.Namespace) -> ServerTls | None:
@@ -186,24 +248,30 @@ def _extauthz_from_kubernetes(args: argparse.Namespace) -> int:
 
     _log_to_stderr()
     kube = Kube(new_api_client(args.kubeconfig))
+    audit_path, audit_stream = _decision_sink(args)
     with start_kubernetes_extauthz(
         kube,
         namespace=args.namespace,
         listen=args.listen,
         http_listen=args.http_listen,
-        audit_path=args.audit_log,
-        workers=args.workers,
+        audit_path=audit_path,
+        audit_stream=audit_stream,
+        workers=args.grpc_threads,
         tls=_server_tls(args),
         dpop=_dpop_runtime(args),
+        http_authz_listen=args.http_authz_listen,
+        reuse_port=args.supervised,
     ) as running:
         where = f"namespace {args.namespace}" if args.namespace else "all namespaces"
         revision, port = running.watcher.health().revision, running.ext_authz.server.port
+        http_authz = running.ext_authz.http_authz
+        also = f", HTTP ext_authz on port {http_authz.port}" if http_authz is not None else ""
         print(
             f"callwarden: ext_authz following bundle ConfigMaps in {where}, "
-            f"revision {revision}, on {args.listen} (port {port})",
+            f"revision {revision}, on {args.listen} (port {port}){also}",
             file=sys.stderr,
         )
-        _wait_for_signal()
+        _serve_until_stopped(args, running.http_port)
     return 0
 
 
@@ -289,7 +357,18 @@ def _command_demo(args: argparse.Namespace) -> int:
 def _add_serving_arguments(extauthz: argparse.ArgumentParser) -> None:
     extauthz.add_argument("--http-listen", help="HOST:PORT for /metrics, /healthz and /readyz")
     extauthz.add_argument("--audit-log", help="append decision lines to this file (default: stdout)")
-    extauthz.add_argument("--workers", type=int, default=4, help="gRPC worker threads (default 4)")
+    extauthz.add_argument(
+        "--workers",
+        type=int,
+        help="worker processes sharing the ports (SO_REUSEPORT); default: the CPU limit "
+        "(cgroup cpu.max, else the CPU affinity)",
+    )
+    extauthz.add_argument(
+        "--grpc-threads", type=int, default=4, help="gRPC handler threads per worker (default 4)"
+    )
+    # Set by the supervisor on the command line of each worker it starts (callwarden.extauthz.workers).
+    extauthz.add_argument("--supervised", action="store_true", help=argparse.SUPPRESS)
+    extauthz.add_argument("--decision-log-fd", type=int, help=argparse.SUPPRESS)
     extauthz.add_argument(
         "--http-authz-listen",
         help="HOST:PORT: also serve Envoy's HTTP ext_authz (http_service) there, with the same decisions",
@@ -423,7 +502,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv  # `extauthz --workers N` starts its workers with the same command line
     try:
         result: int = args.handler(args)
     except InputError as error:

@@ -182,12 +182,15 @@ def _new_loop() -> asyncio.AbstractEventLoop:
 class HttpAuthzServer:
     """The HTTP ext_authz server on its own thread (one event loop). `stop()` ends it."""
 
-    def __init__(self, decide: Decide, listen: str) -> None:
+    def __init__(self, decide: Decide, listen: str, *, reuse_port: bool = False) -> None:
+        """`reuse_port`: share the port with other processes (SO_REUSEPORT, `--workers`)."""
         host, port = split_host_port(listen)
         self._loop = _new_loop()
         self._connections: set[asyncio.Transport | None] = set()
         self._server = self._loop.run_until_complete(
-            self._loop.create_server(lambda: _Connection(decide, self._connections), host, port)
+            self._loop.create_server(
+                lambda: _Connection(decide, self._connections), host, port, reuse_port=reuse_port
+            )
         )
         self.port: int = self._server.sockets[0].getsockname()[1]
         self._thread = threading.Thread(

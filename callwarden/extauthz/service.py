@@ -89,6 +89,7 @@ def start_extauthz(
     http_authz_listen: str | None = None,
     dpop: DpopRuntime | None = None,
     hooks: Sequence[BodyHook] | None = None,
+    reuse_port: bool = False,
 ) -> Iterator[ExtAuthz]:
     """Serve Envoy's Check for `bundle` until the block exits; the decision log is flushed then.
 
@@ -101,6 +102,7 @@ def start_extauthz(
     cache; by default a random key, which only this process accepts nonces of.
     `hooks` are the ext_proc body hooks (default: `default_hooks()`); the gRPC server serves
     ext_proc beside Check, over the same enforcement state.
+    `reuse_port` shares both ports with other processes (SO_REUSEPORT: `--workers`).
     """
     with ExitStack() as stack:
         if jwks is None:
@@ -121,11 +123,12 @@ def start_extauthz(
             ready=lambda: _readiness(decision_log, checks),
             tls=tls,
             processor=ExternalProcessor(enforcer, registered),
+            reuse_port=reuse_port,
         )
         stack.callback(server.stop)
         http_authz = None
         if http_authz_listen is not None:
-            http_authz = HttpAuthzServer(enforcer.decide, http_authz_listen)
+            http_authz = HttpAuthzServer(enforcer.decide, http_authz_listen, reuse_port=reuse_port)
             stack.callback(http_authz.stop)
         yield ExtAuthz(server, enforcer, decision_log, jwks, dpop, http_authz)
 

@@ -341,6 +341,8 @@ def start_kubernetes_extauthz(
     workers: int = DEFAULT_WORKERS,
     tls: ServerTls | None = None,
     dpop: DpopRuntime | None = None,
+    http_authz_listen: str | None = None,
+    reuse_port: bool = False,
 ) -> Iterator[KubernetesExtAuthz]:
     """ext_authz serving the bundle the API server holds, following it until the block exits.
 
@@ -363,6 +365,8 @@ def start_kubernetes_extauthz(
             ready_checks=(watcher.readiness,),
             tls=tls,
             dpop=dpop,
+            http_authz_listen=http_authz_listen,
+            reuse_port=reuse_port,
         ) as ext_authz,
     ):
         watcher.swap = ext_authz.swap
