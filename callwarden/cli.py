@@ -471,9 +471,9 @@ def build_parser() -> argparse.ArgumentParser:
     gateway.add_argument("--audit-log", help="append decision lines to this file (default: stdout)")
     gateway.add_argument(
         "--transport",
-        choices=("grpc", "http"),
-        default="grpc",
-        help="how Envoy asks callwarden: gRPC ext_authz (default) or HTTP ext_authz",
+        choices=("http", "grpc"),
+        default="http",
+        help="how Envoy asks callwarden: HTTP ext_authz (default) or gRPC ext_authz",
     )
     gateway.set_defaults(handler=_command_gateway)
 
