@@ -63,7 +63,7 @@ def profile(seconds: float, rate: int) -> dict[str, Any]:
         config = write_config(issuers, workdir / "config")
         bodies = write_bodies(workdir)
         token = issuers["finance"].mint("alice", FINANCE_RESOURCE, "board-agent", roles=["analyst"], ttl=3600)
-        service = start_callwarden(config, workdir / "cw", cpus=None, workers=4)
+        service = start_callwarden(config, workdir / "cw", cpus=None)
         try:
             servers = list(load_config([config]).servers.values())
             envoy = start_envoy(envoy_bootstrap(servers, service.addresses), workdir / "envoy", None)

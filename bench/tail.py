@@ -114,7 +114,7 @@ def start_variant(variant: Variant, config: Path, workdir: Path) -> Iterator[Run
                 config,
                 workdir / "cw",
                 cpus=_cpus(variant.checker_cpus),
-                workers=variant.threads,
+                threads=variant.threads,
                 transport=variant.transport,
                 switch_interval=variant.switch_interval,
             )
