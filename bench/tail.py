@@ -61,6 +61,7 @@ VARIANTS = (
     Variant("envoy-alone", None),
     Variant("grpc 4 threads (default)", "grpc"),
     Variant("grpc 1 thread", "grpc", threads=1),
+    Variant("grpc 2 threads", "grpc", threads=2),
     Variant("grpc 4 threads, switch interval 0.5 ms", "grpc", switch_interval=0.0005),
     Variant("grpc 4 threads, Envoy on core 1", "grpc", envoy_cpus=frozenset({1})),
     Variant("http", "http"),
