@@ -13,6 +13,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,7 +29,14 @@ from callwarden.demo.run import EXAMPLE, localize
 from callwarden.demo.servers import DEFAULT_PORTS, RunningServers, start_servers
 from callwarden.extauthz.decide import DECISION_HEADER
 from callwarden.extauthz.envoy import render_bootstrap
-from callwarden.extauthz.workers import cpu_limit
+from callwarden.extauthz.workers import (
+    ANNOUNCEMENT,
+    MAX_LINE,
+    WorkerFailed,
+    cpu_limit,
+    read_announcement,
+    relay_lines,
+)
 from callwarden.policy.loader import Config, load_config
 from tests.support.datapath import ALLOWED_CALLS, tools_call
 from tests.support.envoy import start_envoy
@@ -53,8 +61,13 @@ class Supervised:
 
     def workers(self) -> list[int]:
         """Pids of the running workers (the supervisor's children, whichever thread started them)."""
-        tasks = Path(f"/proc/{self.process.pid}/task").iterdir()
-        return sorted(int(pid) for task in tasks for pid in (task / "children").read_text().split())
+        pids = []
+        for task in Path(f"/proc/{self.process.pid}/task").iterdir():
+            try:
+                pids += [int(pid) for pid in (task / "children").read_text().split()]
+            except FileNotFoundError:  # a thread that just ended
+                continue
+        return sorted(pids)
 
     def decisions_by_worker(self) -> dict[str, float]:
         counts: dict[str, float] = {}
@@ -313,3 +326,113 @@ def test_the_default_worker_count_is_the_cpu_limit(
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text(text)
     assert cpu_limit(tmp_path) == expected
+
+
+# --- between supervisor and worker: the announcement and the decision lines ----------------
+
+
+def _pipe_with(data: bytes, *, close: bool = True) -> int:
+    """The read end of a pipe holding `data` (closed for writing unless `close` is False)."""
+    read_end, write_end = os.pipe()
+    os.write(write_end, data)
+    if close:
+        os.close(write_end)
+    return read_end
+
+
+def test_the_announcement_gives_the_workers_port_after_any_stray_lines(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    read_end = _pipe_with(b"a library printed this\n" + ANNOUNCEMENT + b'{"http_port": 40123}\n')
+    try:
+        assert read_announcement(read_end, 5) == 40123
+    finally:
+        os.close(read_end)
+    assert "a library printed this" in capfd.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("data", "why"),
+    [
+        (b"", "ended before it announced"),
+        (b"serving\n", "ended before it announced"),
+        (ANNOUNCEMENT + b'{"http_port": 40123}', "ended before it announced"),  # truncated
+        (ANNOUNCEMENT + b"{not json}\n", "malformed announcement"),
+        (ANNOUNCEMENT + b'{"http_port": 1}{"http_port": 2}\n', "malformed announcement"),
+        (ANNOUNCEMENT + b'{"http_port": "40123"}\n', "without a valid port"),
+        (ANNOUNCEMENT + b'{"http_port": true}\n', "without a valid port"),
+        (ANNOUNCEMENT + b'{"http_port": 0}\n', "without a valid port"),
+        (ANNOUNCEMENT + b'{"http_port": 65536}\n', "without a valid port"),
+        (ANNOUNCEMENT + b'{"http_port": 4.5e4}\n', "without a valid port"),
+        (ANNOUNCEMENT + b'{"port": 40123}\n', "without a valid port"),
+        (ANNOUNCEMENT + b"[40123]\n", "without a valid port"),
+        (ANNOUNCEMENT + b"null\n", "without a valid port"),
+        (ANNOUNCEMENT + '{"http_port": \uff14\uff10}\n'.encode(), "malformed announcement"),
+        (b"x" * (MAX_LINE + 10), "a line of over"),
+    ],
+    ids=[
+        "nothing",
+        "no-announcement",
+        "truncated",
+        "not-json",
+        "two-objects",
+        "port-as-string",
+        "port-as-bool",
+        "port-zero",
+        "port-too-large",
+        "port-as-float",
+        "wrong-key",
+        "not-an-object",
+        "null",
+        "fullwidth-digits",
+        "endless-line",
+    ],
+)
+def test_a_bad_announcement_fails_the_worker_with_the_reason(data: bytes, why: str) -> None:
+    read_end = _pipe_with(data)
+    try:
+        with pytest.raises(WorkerFailed, match=why):
+            read_announcement(read_end, 5)
+    finally:
+        os.close(read_end)
+
+
+def test_a_worker_that_never_announces_fails_after_the_timeout() -> None:
+    read_end = _pipe_with(b"", close=False)  # the write end stays open: silence, not an end
+    started = time.monotonic()
+    try:
+        with pytest.raises(WorkerFailed, match="no announcement within"):
+            read_announcement(read_end, 0.2)
+    finally:
+        os.close(read_end)
+    assert time.monotonic() - started < 5
+
+
+@pytest.mark.parametrize(
+    ("chunks", "lines", "truncated"),
+    [
+        ([b'{"a":1}\n{"b":2}\n'], [b'{"a":1}\n{"b":2}\n'], False),
+        ([b'{"a":', b'1}\n{"b"', b":2}\n"], [b'{"a":1}\n', b'{"b":2}\n'], False),
+        ([b"x" * 100_000 + b"\n"], [b"x" * 100_000 + b"\n"], False),
+        ([b'{"a":1}\n{"b":'], [b'{"a":1}\n', b'{"b":\n'], True),
+        ([b""], [], False),
+        (['{"\u00e9\u2028":1}\n'.encode()], ['{"\u00e9\u2028":1}\n'.encode()], False),
+    ],
+    ids=["whole-lines", "split-mid-line", "over-the-pipe-buffer", "ends-mid-line", "empty", "unicode"],
+)
+def test_the_relay_passes_only_whole_lines(chunks: list[bytes], lines: list[bytes], truncated: bool) -> None:
+    read_end, write_end = os.pipe()
+    written: list[bytes] = []
+
+    def writer() -> None:
+        for chunk in chunks:
+            os.write(write_end, chunk)
+            time.sleep(0.01)  # separate reads
+        os.close(write_end)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    assert relay_lines(read_end, written.append) is truncated
+    thread.join()
+    assert all(part.endswith(b"\n") for part in written)
+    assert b"".join(written) == b"".join(lines)

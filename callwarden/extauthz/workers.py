@@ -45,7 +45,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Final
@@ -238,43 +238,18 @@ class Supervisor:
         return process, relay
 
     def _announced(self, index: int, process: subprocess.Popen[bytes]) -> int:
-        """The worker's private endpoints port, from the one JSON line it prints when serving."""
+        """The worker's private endpoints port, from the line it prints when it serves."""
         assert process.stdout is not None
-        deadline = time.monotonic() + START_TIMEOUT
-        line = b""
-        while not line.endswith(b"\n"):
-            remaining = deadline - time.monotonic()
-            readable, _, _ = select.select([process.stdout], [], [], max(0.0, remaining))
-            if not readable:
-                raise WorkerFailed(f"worker {index} did not serve within {START_TIMEOUT:.0f}s")
-            chunk = os.read(process.stdout.fileno(), 4096)
-            if not chunk:
-                code = process.wait()
-                raise WorkerFailed(f"worker {index} exited with code {code} before serving")
-            line += chunk
         try:
-            port = json.loads(line)["http_port"]
-        except (ValueError, KeyError, TypeError) as error:
-            raise WorkerFailed(f"worker {index} announced {line[:200]!r}") from error
-        if not isinstance(port, int):
-            raise WorkerFailed(f"worker {index} announced a port that is not a number: {port!r}")
-        return port
-
-    # -- the decision log relay --
+            return read_announcement(process.stdout.fileno(), START_TIMEOUT)
+        except WorkerFailed as error:
+            if process.poll() is not None:
+                raise WorkerFailed(f"worker {index} exited with code {process.returncode}: {error}") from None
+            raise WorkerFailed(f"worker {index}: {error}") from None
 
     def _relay(self, index: int, read_end: int) -> None:
-        """Copy whole lines from one worker's pipe to the sink until the worker closes it."""
-        partial = b""
-        with os.fdopen(read_end, "rb", buffering=0) as pipe:
-            while chunk := pipe.read(_RELAY_CHUNK):
-                partial += chunk
-                end = partial.rfind(b"\n") + 1
-                if end:
-                    self._write(partial[:end])
-                    partial = partial[end:]
-        if partial:  # a worker killed mid-write: keep what it wrote, on a line of its own
-            log.error("worker %d ended in the middle of a decision line; writing it truncated", index)
-            self._write(partial + b"\n")
+        if relay_lines(read_end, self._write):
+            log.error("worker %d ended in the middle of a decision line; it was written truncated", index)
 
     def _write(self, lines: bytes) -> None:
         delay = RESTART_FIRST
@@ -419,6 +394,71 @@ class _WorkerMetrics(Collector):
         return list(families.values())
 
 
+# -- between the two: the announcement and the decision lines ------------------------------
+
+ANNOUNCEMENT: Final = b"callwarden-worker-serving "
+MAX_LINE: Final = 4096  # of the worker's stdout before it announces
+
+
+def read_announcement(fd: int, timeout: float) -> int:
+    """The port in the worker's announcement line (`ANNOUNCEMENT` + `{"http_port": N}`) on `fd`.
+
+    Other lines before it (a library that prints) are passed on to stderr. WorkerFailed when the
+    stream ends first, `timeout` seconds pass, a line is longer than MAX_LINE, or the
+    announcement is not exactly one JSON object with a port in 1..65535.
+    """
+    deadline = time.monotonic() + timeout
+    buffered = b""
+    while True:
+        line, newline, rest = buffered.partition(b"\n")
+        if newline:
+            buffered = rest
+            if line.startswith(ANNOUNCEMENT):
+                return _port_of(line.removeprefix(ANNOUNCEMENT))
+            sys.stderr.buffer.write(line + b"\n")
+            continue
+        if len(buffered) > MAX_LINE:
+            raise WorkerFailed(f"a line of over {MAX_LINE} bytes before the announcement")
+        readable, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+        if not readable:
+            raise WorkerFailed(f"no announcement within {timeout:.0f}s")
+        chunk = os.read(fd, MAX_LINE)
+        if not chunk:
+            raise WorkerFailed("its output ended before it announced that it serves")
+        buffered += chunk
+
+
+def _port_of(text: bytes) -> int:
+    try:
+        announced = json.loads(text)
+    except ValueError as error:
+        raise WorkerFailed(f"a malformed announcement {text[:200]!r}") from error
+    port = announced.get("http_port") if isinstance(announced, dict) else None
+    # bool is an int to isinstance: {"http_port": true} is not a port.
+    if type(port) is not int or not 1 <= port <= 65535:
+        raise WorkerFailed(f"an announcement without a valid port: {text[:200]!r}")
+    return port
+
+
+def relay_lines(read_end: int, write: Callable[[bytes], None]) -> bool:
+    """Pass whole lines from the pipe `read_end` to `write` until the pipe ends, then close it.
+
+    True if the stream ended inside a line (a worker killed mid-write): that last part is
+    written too, ended with a newline, rather than lost.
+    """
+    partial = bytearray()
+    with os.fdopen(read_end, "rb", buffering=0) as pipe:
+        while chunk := pipe.read(_RELAY_CHUNK):
+            partial += chunk
+            end = partial.rfind(b"\n") + 1
+            if end:
+                write(bytes(partial[:end]))
+                del partial[:end]
+    if partial:
+        write(bytes(partial) + b"\n")
+    return bool(partial)
+
+
 # -- the worker's side -----------------------------------------------------------------------
 
 
@@ -427,8 +467,8 @@ def announce(http_port: int | None) -> None:
 
     Then stdout points at stderr: nobody reads the pipe after this line, and a stray print
     into a full pipe would block the worker."""
-    sys.stdout.write(json.dumps({"http_port": http_port}) + "\n")
-    sys.stdout.flush()
+    sys.stdout.buffer.write(ANNOUNCEMENT + json.dumps({"http_port": http_port}).encode() + b"\n")
+    sys.stdout.buffer.flush()
     os.dup2(2, 1)
 
 
