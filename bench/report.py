@@ -134,6 +134,8 @@ def _targets(results: dict[str, Any]) -> dict[str, Any]:
 def _cell(value: Any) -> str:
     if value is None:
         return "-"
+    if isinstance(value, dict):  # a target measured as several numbers
+        return ", ".join(f"{key} {_cell(number)}" for key, number in value.items())
     if isinstance(value, float):
         return f"{value:,.2f}" if value < 100 else f"{value:,.0f}"
     return str(value)
