@@ -195,6 +195,7 @@ def _extauthz_supervisor(args: argparse.Namespace, workers: int) -> int:
     if args.config:
         load_bundle(args.config)  # a bad configuration is exit 2 here, not N failing workers
     _server_tls(args)
+    _dpop_runtime(args)
     plan = Plan(
         args.argv,
         workers,
@@ -202,6 +203,7 @@ def _extauthz_supervisor(args: argparse.Namespace, workers: int) -> int:
         http_listen=args.http_listen,
         http_authz_listen=args.http_authz_listen,
         audit_path=args.audit_log,
+        share_dpop_nonce_key=not args.dpop_nonce_key_file,
     )
     try:
         run_supervisor(plan, _stop_event())

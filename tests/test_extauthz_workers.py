@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
+import httpx2
 import pytest
 import yaml
 
@@ -56,8 +56,8 @@ class Supervised:
     http_port: int
     stderr: Path
 
-    def get(self, path: str) -> httpx.Response:
-        return httpx.get(f"http://127.0.0.1:{self.http_port}{path}", timeout=5, trust_env=False)
+    def get(self, path: str) -> httpx2.Response:
+        return httpx2.get(f"http://127.0.0.1:{self.http_port}{path}", timeout=5, trust_env=False)
 
     def workers(self) -> list[int]:
         """Pids of the running workers (the supervisor's children, whichever thread started them)."""
@@ -84,6 +84,9 @@ def _write_config(config: Config, target: Path) -> Path:
         obj.model_dump(mode="json", by_alias=True, exclude_none=True)
         for obj in (*config.servers.values(), *config.policies.values())
     ]
+    for obj in objects:  # the example's finance server requires DPoP; these tests send Bearer tokens
+        if obj["kind"] == "McpServer":
+            obj["spec"].pop("dpop", None)
     target.mkdir()
     (target / "board-packet.yaml").write_text(yaml.safe_dump_all(objects, sort_keys=False))
     return target
@@ -141,7 +144,7 @@ def scenario(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scenario]:
         yield Scenario(config_dir, issuers, servers, config)
 
 
-def _post(client: httpx.Client, url: str, scenario: Scenario, body: bytes) -> httpx.Response:
+def _post(client: httpx2.Client, url: str, scenario: Scenario, body: bytes) -> httpx2.Response:
     host = scenario.config.servers["board-packet/finance"].spec.route.hosts[0]
     headers = {
         "host": host,
@@ -171,7 +174,7 @@ def test_two_workers_serve_through_envoy_and_log_every_decision_once_in_whole_li
         bootstrap = render_bootstrap(servers, ext_authz=f"127.0.0.1:{port}", transport=transport)
         with start_envoy(bootstrap, tmp_path / f"envoy-{transport}") as envoy:
             for round_number in range(30):  # a new connection each round: the kernel spreads them
-                with httpx.Client(timeout=10, trust_env=False) as client:
+                with httpx2.Client(timeout=10, trust_env=False) as client:
                     if round_number % 2:
                         response = _post(client, envoy.url, scenario, denied)
                         assert response.json()["error"]["code"] == -32001
@@ -196,7 +199,7 @@ def test_new_connections_to_the_shared_port_are_spread_over_the_workers(
 ) -> None:
     with supervised(scenario.config_dir, tmp_path, "--workers", "2") as running:
         for _ in range(32):  # each a connection of its own: all on one worker has odds 2**-31
-            with httpx.Client(timeout=10, trust_env=False) as client:
+            with httpx2.Client(timeout=10, trust_env=False) as client:
                 allowed = tools_call(*ALLOWED_CALLS["finance"])
                 answer = _post(client, f"http://127.0.0.1:{running.http_authz_port}", scenario, allowed)
             assert answer.status_code == 200 and DECISION_HEADER in answer.headers
@@ -235,6 +238,25 @@ def test_a_killed_worker_fails_readiness_until_it_is_restarted(scenario: Scenari
             time.sleep(0.1)
         assert victim not in running.workers() and len(running.workers()) == 2
         assert "callwarden_worker_restarts_total 1.0" in running.get("/metrics").text
+
+
+@pytest.mark.integration
+def test_workers_share_one_dpop_nonce_key_the_supervisor_made_and_removes(
+    scenario: Scenario, tmp_path: Path
+) -> None:
+    with supervised(scenario.config_dir, tmp_path, "--workers", "2") as running:
+        flags = {
+            arg
+            for pid in running.workers()
+            for arg in Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+            if arg.startswith("--dpop-nonce-key-file=")
+        }
+        assert len(flags) == 1, flags  # one key file, the same for both
+        key_file = Path(flags.pop().split("=", 1)[1])
+        assert key_file.stat().st_mode & 0o777 == 0o600
+        running.process.send_signal(signal.SIGTERM)
+        assert running.process.wait(30) == 0
+    assert not key_file.exists()
 
 
 @pytest.mark.integration

@@ -25,6 +25,9 @@ How the parts are shared (the process the container starts is the supervisor, it
   every worker runs and is ready; /metrics is every worker's metrics with a `worker` label, plus
   `callwarden_worker_restarts_total`. Nothing on the check path changes (prometheus-client's
   multiprocess mode would put an mmap write under a lock into every counter increment).
+- **DPoP nonces** are HMACs: every worker must hold the same key. Without
+  `--dpop-nonce-key-file` (the chart always mounts one), the supervisor writes a random key to a
+  0600 temporary file, passes it to every worker and removes it when it stops.
 - **Failures.** A worker that exits is restarted with backoff (0.5 s doubling to 10 s); until
   its replacement is ready, /readyz names it. SIGTERM (or SIGINT) to the supervisor: every
   worker gets SIGTERM and `grace` seconds to finish (each flushes its own decision log), then
@@ -38,11 +41,13 @@ import json
 import logging
 import math
 import os
+import secrets
 import select
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -50,12 +55,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Final
 
-import httpx
+import httpx2
 from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
+from callwarden.extauthz.dpop import MIN_NONCE_KEY_BYTES
 from callwarden.extauthz.http_endpoints import HttpEndpoints, split_host_port
 
 log = logging.getLogger(__name__)
@@ -140,6 +146,7 @@ class Plan:
     http_listen: str | None = None
     http_authz_listen: str | None = None
     audit_path: str | None = None
+    share_dpop_nonce_key: bool = False  # no --dpop-nonce-key-file given: make one for the workers
     grace: float = 10.0
 
 
@@ -176,14 +183,17 @@ class Supervisor:
         self._owned_sink = open(plan.audit_path, "ab") if plan.audit_path else None  # noqa: SIM115
         self._sink: IO[bytes] = self._owned_sink or sys.stdout.buffer
         self._stopping = threading.Event()
-        self._client = httpx.Client(timeout=PROBE_TIMEOUT, trust_env=False)
-        # httpx logs every request at INFO: here, one per worker on every probe and scrape.
-        logging.getLogger("httpx").setLevel(logging.WARNING)
+        self._client = httpx2.Client(timeout=PROBE_TIMEOUT, trust_env=False)
+        # httpx2 logs every request at INFO: here, one per worker on every probe and scrape.
+        logging.getLogger("httpx2").setLevel(logging.WARNING)
         self._registry = CollectorRegistry(auto_describe=False)
         self._registry.register(WORKER_RESTARTS)
         self._registry.register(_WorkerMetrics(self))
         self._endpoints: HttpEndpoints | None = None
         self._monitor = threading.Thread(target=self._watch, name="callwarden-supervisor", daemon=True)
+        self._nonce_key = _nonce_key_file() if plan.share_dpop_nonce_key else None
+        if self._nonce_key is not None:
+            self._overrides.append(f"--dpop-nonce-key-file={self._nonce_key}")
         self.grpc_address = self._share("--listen", plan.listen)
         self.http_authz_address = (
             self._share("--http-authz-listen", plan.http_authz_listen) if plan.http_authz_listen else None
@@ -274,7 +284,7 @@ class Supervisor:
                 return False, f"worker {index} is not running (restarting)"
             try:
                 answer = self._client.get(f"http://127.0.0.1:{worker.http_port}/readyz")
-            except httpx.HTTPError as error:
+            except httpx2.HTTPError as error:
                 return False, f"worker {index} does not answer /readyz: {error}"
             if answer.status_code != 200:
                 return False, f"worker {index}: {answer.text.strip()}"
@@ -287,7 +297,7 @@ class Supervisor:
         for worker in workers:
             try:
                 answer = self._client.get(f"http://127.0.0.1:{worker.http_port}/metrics")
-            except httpx.HTTPError as error:
+            except httpx2.HTTPError as error:
                 log.warning("worker %d does not answer /metrics: %s", worker.index, error)
                 continue
             yield worker.index, answer.text
@@ -351,10 +361,24 @@ class Supervisor:
         self._client.close()
         if self._owned_sink is not None and not self._owned_sink.closed:
             self._owned_sink.close()
+        if self._nonce_key is not None:
+            self._nonce_key.unlink(missing_ok=True)
 
     def pids(self) -> list[int]:
         with self._lock:
             return [w.process.pid for w in self._workers if w is not None]
+
+
+def _nonce_key_file() -> Path:
+    """A random DPoP nonce key in a file only this user reads, for every worker of this pod.
+
+    Without one, each worker would make its own key and refuse the nonces the others issue (a
+    client would be asked for a fresh nonce again and again). Hex: the file holds one key a line.
+    """
+    descriptor, name = tempfile.mkstemp(prefix="callwarden-dpop-nonce-", suffix=".key")  # mode 0600
+    with os.fdopen(descriptor, "w") as key_file:
+        key_file.write(secrets.token_hex(MIN_NONCE_KEY_BYTES) + "\n")
+    return Path(name)
 
 
 def _terminate(processes: Iterable[subprocess.Popen[bytes]], grace: float) -> None:
