@@ -28,6 +28,9 @@ How the parts are shared (the process the container starts is the supervisor, it
 - **DPoP nonces** are HMACs: every worker must hold the same key. Without
   `--dpop-nonce-key-file` (the chart always mounts one), the supervisor writes a random key to a
   0600 temporary file, passes it to every worker and removes it when it stops.
+- **Per-process state** stays per worker, as it is per replica: the token cache, the JWKS cache
+  and the DPoP replay cache (a proof replayed to another worker is caught there only by its
+  nonce and `iat` window, as on another replica).
 - **Failures.** A worker that exits is restarted with backoff (0.5 s doubling to 10 s); until
   its replacement is ready, /readyz names it. SIGTERM (or SIGINT) to the supervisor: every
   worker gets SIGTERM and `grace` seconds to finish (each flushes its own decision log), then
