@@ -280,8 +280,10 @@ class Supervisor:
     # -- health --
 
     def readiness(self) -> tuple[bool, str]:
+        """Ready when every worker runs and says it is ready; what they say, once if they agree."""
         with self._lock:
             workers = list(self._workers)
+        said: list[str] = []
         for index, worker in enumerate(workers):
             if worker is None or worker.process.poll() is not None:
                 return False, f"worker {index} is not running (restarting)"
@@ -291,7 +293,9 @@ class Supervisor:
                 return False, f"worker {index} does not answer /readyz: {error}"
             if answer.status_code != 200:
                 return False, f"worker {index}: {answer.text.strip()}"
-        return True, f"ready: {len(workers)} workers"
+            said.append(answer.text.strip())
+        agreed = said[0] if len(set(said)) == 1 else "; ".join(f"worker {i}: {t}" for i, t in enumerate(said))
+        return True, f"{agreed} ({len(workers)} workers)"
 
     def worker_metrics(self) -> Iterator[tuple[int, str]]:
         """(index, exposition text) of every running worker that answers /metrics."""
