@@ -172,9 +172,27 @@ def wait_http(url: str, deadline: float, what: str, process: subprocess.Popen[by
 # --- processes --------------------------------------------------------------------------------
 
 
+def descendants(pid: int) -> list[int]:
+    """`pid` and every process below it (a supervisor's workers), from /proc."""
+    found, queue = [], [pid]
+    while queue:
+        current = queue.pop()
+        found.append(current)
+        try:
+            tasks = list(Path(f"/proc/{current}/task").iterdir())
+        except FileNotFoundError:  # it exited
+            continue
+        for task in tasks:
+            try:
+                queue += [int(child) for child in (task / "children").read_text().split()]
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+    return found
+
+
 @dataclass
 class Service:
-    """A started subprocess with its log; `pids` are the processes whose CPU is counted."""
+    """A started subprocess with its log; its CPU is that of every process it started too."""
 
     name: str
     addresses: list[str]
@@ -183,10 +201,16 @@ class Service:
 
     @property
     def pids(self) -> list[int]:
-        return [p.pid for p in self.processes]
+        return [pid for p in self.processes for pid in descendants(p.pid)]
 
     def cpu(self) -> float:
-        return sum(cpu_seconds(pid) for pid in self.pids)
+        total = 0.0
+        for pid in self.pids:
+            try:
+                total += cpu_seconds(pid)
+            except FileNotFoundError:  # exited between the listing and the read
+                continue
+        return total
 
     def stop(self) -> None:
         for process in self.processes:
@@ -194,7 +218,7 @@ class Service:
                 process.terminate()
         for process in self.processes:
             try:
-                process.wait(10)
+                process.wait(30)
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
@@ -204,6 +228,7 @@ class Service:
 
 _PORT_LINE = re.compile(rb"\(port (\d+)\)")
 _HTTP_AUTHZ_PORT_LINE = re.compile(rb"HTTP ext_authz on port (\d+)")
+_SUPERVISOR_LINE = re.compile(rb"supervising \d+ workers")
 
 
 def start_callwarden(
@@ -211,44 +236,48 @@ def start_callwarden(
     workdir: Path,
     *,
     cpus: set[int] | None,
-    workers: int,
-    processes: int = 1,
+    threads: int = 4,
+    workers: int = 1,
     timeout: float = 60.0,
     transport: str = "grpc",
+    switch_interval: float | None = None,
 ) -> Service:
-    """`callwarden extauthz` in its own process(es), so its CPU can be read from /proc.
+    """`callwarden extauthz --workers N` in its own process, so its CPU can be read from /proc.
 
-    `transport="http"` also serves Envoy's HTTP ext_authz, and the addresses are that server's.
-
-    Several processes each listen on their own port; Envoy's ext_authz cluster then lists every
-    one of them and balances across them (the effect SO_REUSEPORT has for one shared port).
+    `threads` is `--grpc-threads`; with `workers` > 1 the process is the supervisor and its
+    workers share the ports (SO_REUSEPORT); the CPU counted is the supervisor's and theirs.
+    `transport="http"` also serves Envoy's HTTP ext_authz, and the address is that server's.
+    `switch_interval` sets the interpreter's `sys.setswitchinterval` before the CLI starts.
     """
     workdir.mkdir(parents=True, exist_ok=True)
-    started: list[subprocess.Popen[bytes]] = []
-    logs: list[IO[bytes]] = []
-    service = Service("callwarden", [], started, logs)
+    command = [*taskset(cpus), sys.executable, *_cli(switch_interval), "extauthz"]
+    command += ["--config", str(config_dir), "--listen", "127.0.0.1:0", "--workers", str(workers)]
+    command += ["--grpc-threads", str(threads), "--audit-log", str(workdir / "decisions.log")]
+    if transport == "http":
+        command += ["--http-authz-listen", "127.0.0.1:0"]
+    log_path = workdir / "extauthz.log"
+    log = log_path.open("wb")
+    process = subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=log, stdin=subprocess.DEVNULL, cwd=ROOT
+    )
+    service = Service("callwarden", [], [process], [log])
     try:
-        for index in range(processes):
-            command = [*taskset(cpus), sys.executable, "-m", "callwarden.cli", "extauthz"]
-            command += ["--config", str(config_dir), "--listen", "127.0.0.1:0"]
-            command += ["--workers", str(workers), "--audit-log", str(workdir / f"decisions-{index}.log")]
-            if transport == "http":
-                command += ["--http-authz-listen", "127.0.0.1:0"]
-            log_path = workdir / f"extauthz-{index}.log"
-            log = log_path.open("wb")
-            logs.append(log)
-            started.append(
-                subprocess.Popen(
-                    command, stdout=subprocess.DEVNULL, stderr=log, stdin=subprocess.DEVNULL, cwd=ROOT
-                )
-            )
-            pattern = _HTTP_AUTHZ_PORT_LINE if transport == "http" else _PORT_LINE
-            port = _wait_port_line(started[-1], log_path, time.monotonic() + timeout, pattern)
-            service.addresses.append(f"127.0.0.1:{port}")
+        ready = _SUPERVISOR_LINE if workers > 1 else _PORT_LINE
+        _wait_port_line(process, log_path, time.monotonic() + timeout, ready)
+        pattern = _HTTP_AUTHZ_PORT_LINE if transport == "http" else _PORT_LINE
+        service.addresses.append(f"127.0.0.1:{_wait_port_line(process, log_path, time.monotonic(), pattern)}")
     except BaseException:
         service.stop()
         raise
     return service
+
+
+def _cli(switch_interval: float | None) -> list[str]:
+    if switch_interval is None:
+        return ["-m", "callwarden.cli"]
+    code = "import runpy, sys; sys.setswitchinterval(float(sys.argv.pop(1)))"
+    code += "; runpy.run_module('callwarden.cli', run_name='__main__')"
+    return ["-c", code, str(switch_interval)]
 
 
 def _wait_port_line(
@@ -257,7 +286,7 @@ def _wait_port_line(
     while True:
         match = pattern.search(log_path.read_bytes())
         if match:
-            return int(match.group(1))
+            return int(match.group(1)) if match.groups() else 0
         if process.poll() is not None:
             raise RuntimeError(f"callwarden extauthz exited:\n{log_path.read_text(errors='replace')[-3000:]}")
         if time.monotonic() > deadline:

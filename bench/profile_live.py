@@ -26,13 +26,14 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
 from harness import envoy_bootstrap, start_callwarden, start_envoy, write_bodies, write_config  # noqa: E402
-from load import Request, run_wrk  # noqa: E402
+from load import Request, run_h2load_rate, run_wrk  # noqa: E402
 from run import FINANCE_HOST, FINANCE_RESOURCE  # noqa: E402
 
 from callwarden.demo.issuers import start_issuers  # noqa: E402
 from callwarden.policy.loader import load_config  # noqa: E402
 
-CHECK_FRAME = "check (callwarden/extauthz/decide.py"
+# Enforcer.check (the gRPC adapter) and Enforcer.decide (what the HTTP server calls).
+CHECK_FRAMES = ("check (callwarden/extauthz/decide.py", "decide (callwarden/extauthz/decide.py")
 
 
 def _frames(stack: str) -> list[str]:
@@ -40,10 +41,12 @@ def _frames(stack: str) -> list[str]:
 
 
 def _category(frames: list[str]) -> str:
-    if any(CHECK_FRAME in frame for frame in frames):
+    if any(mark in frame for frame in frames for mark in CHECK_FRAMES):
         return "Enforcer.check (the decision)"
     if any("decision-log" in frame or "audit.py" in frame for frame in frames):
         return "decision log writer thread"
+    if any("http_authz.py" in frame for frame in frames):
+        return "HTTP ext_authz server (parsing, answering; Python, outside check)"
     if any("_AuthorizationService" in frame or "server.py" in frame for frame in frames):
         return "gRPC servicer glue (Python, outside check)"
     if any("grpc" in frame.lower() for frame in frames):
@@ -51,7 +54,9 @@ def _category(frames: list[str]) -> str:
     return "other"
 
 
-def profile(seconds: float, rate: int) -> dict[str, Any]:
+def profile(
+    seconds: float, rate: int, load_rate: float | None = None, transport: str = "grpc"
+) -> dict[str, Any]:
     spy = shutil.which("py-spy")
     if spy is None:
         raise SystemExit("py-spy is not on PATH (see this file's docstring)")
@@ -63,10 +68,11 @@ def profile(seconds: float, rate: int) -> dict[str, Any]:
         config = write_config(issuers, workdir / "config")
         bodies = write_bodies(workdir)
         token = issuers["finance"].mint("alice", FINANCE_RESOURCE, "board-agent", roles=["analyst"], ttl=3600)
-        service = start_callwarden(config, workdir / "cw", cpus=None, workers=4)
+        service = start_callwarden(config, workdir / "cw", cpus=None, transport=transport)
         try:
             servers = list(load_config([config]).servers.values())
-            envoy = start_envoy(envoy_bootstrap(servers, service.addresses), workdir / "envoy", None)
+            bootstrap = envoy_bootstrap(servers, service.addresses, transport)
+            envoy = start_envoy(bootstrap, workdir / "envoy", None)
             try:
                 request = Request(FINANCE_HOST, "/mcp", bodies["allowed"], token=token)
                 run_wrk(envoy.url, request, 16, 1.0, None)  # warm up
@@ -82,7 +88,13 @@ def profile(seconds: float, rate: int) -> dict[str, Any]:
                     "--pid",
                     str(service.pids[0]),
                 ]
-                load = threading.Thread(target=run_wrk, args=(envoy.url, request, 16, seconds + 1, None))
+                if load_rate is None:  # closed loop, 16 connections
+                    load = threading.Thread(target=run_wrk, args=(envoy.url, request, 16, seconds + 1, None))
+                else:  # open loop at a fixed rate (e.g. half of the maximum: the latency target's load)
+                    options = {"duration": seconds + 1, "cpus": None, "workdir": workdir}
+                    load = threading.Thread(
+                        target=run_h2load_rate, args=(envoy.url, request, load_rate), kwargs=options
+                    )
                 load.start()
                 done = subprocess.run(command, capture_output=True, text=True, check=False)
                 load.join()
@@ -123,8 +135,10 @@ def main() -> None:
     parser.add_argument("--json", help="write the results here as JSON")
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
+    parser.add_argument("--load-rate", type=float, help="open-loop requests/s (h2load) instead of wrk c=16")
+    parser.add_argument("--transport", choices=("grpc", "http"), default="grpc")
     args = parser.parse_args()
-    results = profile(args.seconds, args.rate)
+    results = profile(args.seconds, args.rate, args.load_rate, args.transport)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps(results, indent=2))

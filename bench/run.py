@@ -368,6 +368,8 @@ def main(argv: list[str] | None = None) -> int:
         inputs.cached_token = inputs.mint()
         runner = Runner(mode, inputs, sut_cpus, load_cpus)
         measure_systems(runner, results, opa_binary)
+        print("bench: workers per pod", flush=True)
+        results["per_pod"] = per_pod(runner, inputs, workdir)
         if mode.extras:
             results["extras"] = extras(runner, inputs, workdir)
 
@@ -392,33 +394,30 @@ def measure_systems(runner: Runner, results: dict[str, Any], opa_binary: str | N
     runs: list[dict[str, Any]] = results["runs"]
     rps_hint: dict[int, float] = {}
 
-    print("bench: Envoy + callwarden", flush=True)
-    with (
-        running(start_callwarden(inputs.config_dir, workdir / "cw", cpus=sut_cpus, workers=4)) as cw,
-        envoy_for(cw.addresses, workdir / "envoy-cw", sut_cpus) as envoy,
-    ):
-        meters: dict[str, Callable[[], float]] = {"ext_authz": cw.cpu, "envoy": partial(envoy_cpu, envoy)}
-        runs += runner.measure("envoy+callwarden", envoy.url, SCENARIOS, meters, rps_hint)
-        rate = round(0.5 * max(r["rps"] for r in runs if r["scenario"] == "allowed"))
-        results["rate_for_latency_target"] = rate
-        runs += runner.at_rate("envoy+callwarden", envoy.url, rate)
-
-    print("bench: Envoy + callwarden over HTTP ext_authz", flush=True)
-    service = start_callwarden(
-        inputs.config_dir, workdir / "cw-http", cpus=sut_cpus, workers=4, transport="http"
-    )
-    with (
-        running(service) as cw,
-        envoy_for(cw.addresses, workdir / "envoy-cw-http", sut_cpus, "http") as envoy,
-    ):
-        meters = {"ext_authz": cw.cpu, "envoy": partial(envoy_cpu, envoy)}
-        runs += runner.measure("envoy+callwarden-http", envoy.url, SCENARIOS, meters, dict(rps_hint))
+    # Each transport's own half-maximum rate: the latency target is "at half of its own max".
+    rates: dict[str, float] = {}
+    for system, transport in ((report.CALLWARDEN_HTTP, "http"), (report.CALLWARDEN, "grpc")):
+        print(f"bench: Envoy + callwarden over {transport} ext_authz", flush=True)
+        service = start_callwarden(
+            inputs.config_dir, workdir / f"cw-{transport}", cpus=sut_cpus, transport=transport
+        )
+        with (
+            running(service) as cw,
+            envoy_for(cw.addresses, workdir / f"envoy-cw-{transport}", sut_cpus, transport) as envoy,
+        ):
+            meters: dict[str, Callable[[], float]] = {"ext_authz": cw.cpu, "envoy": partial(envoy_cpu, envoy)}
+            mine = runner.measure(system, envoy.url, SCENARIOS, meters, rps_hint)
+            rates[system] = round(0.5 * max(r["rps"] for r in mine if r["scenario"] == "allowed"))
+            runs += mine + runner.at_rate(system, envoy.url, rates[system])
+    results["rate_for_latency_target"] = rates
+    rate = rates[report.CALLWARDEN_HTTP]
 
     print("bench: Envoy alone (ceiling)", flush=True)
     with envoy_for([], workdir / "envoy-ceiling", sut_cpus) as envoy:
         meters = {"envoy": partial(envoy_cpu, envoy)}
         runs += runner.measure("envoy-alone", envoy.url, CEILING, meters, {})
-        runs += runner.at_rate("envoy-alone", envoy.url, rate)
+        for each in sorted(set(rates.values())):
+            runs += runner.at_rate("envoy-alone", envoy.url, each)
 
     if opa_binary is None:
         return
@@ -442,37 +441,62 @@ def measure_systems(runner: Runner, results: dict[str, Any], opa_binary: str | N
 
 
 def extras(runner: Runner, inputs: Inputs, workdir: Path) -> dict[str, Any]:
-    """Two knobs of the transport, allowed calls with a cached token at concurrency 64:
-
-    - gRPC worker threads of one ext_authz process (pinned like the main runs; 4 is the default);
-    - ext_authz processes per pod, 1 vs 2 behind one Envoy, unpinned: the system under test
-      may use every core (the generator keeps its own), so compare these two rows only.
-    """
-    workers_rows: list[dict[str, Any]] = []
-    process_rows: list[dict[str, Any]] = []
-    pinned = runner.sut_cpus
-    for workers, processes, cpus in (
-        (1, 1, pinned),
-        (2, 1, pinned),
-        (8, 1, pinned),
-        (4, 1, None),
-        (4, 2, None),
-    ):
-        name = f"cw-w{workers}-p{processes}-{'pinned' if cpus else 'unpinned'}"
-        service = start_callwarden(
-            inputs.config_dir, workdir / name, cpus=cpus, workers=workers, processes=processes
-        )
-        with running(service) as cw, envoy_for(cw.addresses, workdir / f"envoy-{name}", cpus) as envoy:
+    """gRPC handler threads of one ext_authz process (pinned like the main runs; 4 is the
+    default), allowed calls with a cached token at concurrency 64; the per-pod runs; the
+    transports' own cost."""
+    thread_rows: list[dict[str, Any]] = []
+    for threads in (1, 2, 8):
+        name = f"cw-t{threads}-pinned"
+        service = start_callwarden(inputs.config_dir, workdir / name, cpus=runner.sut_cpus, threads=threads)
+        with (
+            running(service) as cw,
+            envoy_for(cw.addresses, workdir / f"envoy-{name}", runner.sut_cpus) as envoy,
+        ):
             meters: dict[str, Callable[[], float]] = {"ext_authz": cw.cpu, "envoy": partial(envoy_cpu, envoy)}
-            system = f"envoy+callwarden {workers} workers x{processes} ({'pinned' if cpus else 'unpinned'})"
+            system = f"envoy+callwarden grpc, {threads} threads (pinned)"
             for row in runner.measure(system, envoy.url, SCENARIOS[:1], meters, {}, concurrencies=(64,)):
-                row["workers"], row["processes"] = workers, processes
-                (workers_rows if cpus else process_rows).append(row)
+                row["threads"] = threads
+                thread_rows.append(row)
     return {
-        "workers": workers_rows,
-        "processes_per_pod": process_rows,
+        "threads": thread_rows,
         "transport": transport_comparison(runner, workdir),
     }
+
+
+def per_pod(runner: Runner, inputs: Inputs, workdir: Path) -> list[dict[str, Any]]:
+    """`--workers 1` against `--workers 2` (SO_REUSEPORT, one pod), each transport, unpinned:
+    the pod may use both cores (the load generator shares them), allowed calls with a cached
+    token at the highest concurrency. Compare these rows with each other only."""
+    rows: list[dict[str, Any]] = []
+    concurrency = max(runner.mode.concurrencies)
+    for transport in ("http", "grpc"):
+        for workers in (1, 2):
+            name = f"cw-{transport}-workers{workers}"
+            service = start_callwarden(
+                inputs.config_dir, workdir / name, cpus=None, workers=workers, transport=transport
+            )
+            with (
+                running(service) as cw,
+                envoy_for(cw.addresses, workdir / f"envoy-{name}", None, transport) as envoy,
+            ):
+                meters: dict[str, Callable[[], float]] = {
+                    "ext_authz": cw.cpu,
+                    "envoy": partial(envoy_cpu, envoy),
+                }
+                system = f"envoy+callwarden {transport}, {workers} worker(s) per pod"
+                measured = runner.measure(
+                    system, envoy.url, SCENARIOS[:1], meters, {}, concurrencies=(concurrency,)
+                )
+            for row in measured:  # the supervisor has stopped: every line is in the log now
+                row["workers"], row["transport"] = workers, transport
+                row["decisions_logged"] = _lines(workdir / name / "decisions.log")
+            rows += measured
+    return rows
+
+
+def _lines(path: Path) -> int:
+    with path.open("rb") as log:
+        return sum(1 for _ in log)
 
 
 def transport_comparison(runner: Runner, workdir: Path) -> list[dict[str, Any]]:

@@ -31,7 +31,7 @@ from harness import EXAMPLE, cpu_us_per_call, write_config  # noqa: E402
 
 from callwarden.demo.dpop import DpopKey  # noqa: E402
 from callwarden.demo.issuers import RunningIssuers, start_issuers  # noqa: E402
-from callwarden.extauthz import metrics  # noqa: E402
+from callwarden.extauthz import http_authz, metrics  # noqa: E402
 from callwarden.extauthz.approvals import approval_desk  # noqa: E402
 from callwarden.extauthz.audit import DecisionLog, new_decision_id  # noqa: E402
 from callwarden.extauthz.decide import DECISION_HEADER, EnforcementState, Enforcer  # noqa: E402
@@ -301,6 +301,9 @@ def measure(smoke: bool) -> dict[str, Any]:
         whole["Enforcer.check, allowed, decision log writer never woken (diagnostic)"] = us(
             lambda: quiet_enforcer.check(check)
         )
+        whole["HTTP ext_authz: one request through the server (allowed, cached token)"] = us(
+            _http_exchange(enforcer, bodies["allowed"], rs_tokens[0])
+        )
         queue_only.close()
         held_stage, held_whole = _with_approvals(Path(tmp), issuers_config, jwks, check, us, claims=claims)
         stages["approval check of an allowed call (no store access)"] = held_stage
@@ -361,6 +364,30 @@ def _with_approvals(
     approvals_log.close()
     desk.close()
     return stage, cost
+
+
+class _Discard:
+    """The transport of an HTTP ext_authz connection, minus the socket."""
+
+    def write(self, data: bytes) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _http_exchange(enforcer: Enforcer, body: bytes, token: str) -> Callable[[], None]:
+    """One HTTP ext_authz request as Envoy sends it, parsed, decided and answered in process."""
+    head = (
+        f"POST /mcp HTTP/1.1\r\nhost: finance.board.example\r\ncontent-length: {len(body)}\r\n"
+        f"authorization: Bearer {token}\r\ncontent-type: application/json\r\n"
+        "x-envoy-expected-rq-timeout-ms: 1000\r\nx-forwarded-proto: http\r\n"
+        "x-request-id: 5f0c6a0e-6b55-4a36-9d0e-3f1f0a3b8a0c\r\n\r\n"
+    )
+    request = head.encode() + body
+    connection = http_authz.connection(enforcer.decide)
+    connection.connection_made(_Discard())  # duck-typed: write and close are all it uses
+    return lambda: connection.data_received(request)
 
 
 def _metrics_once() -> None:

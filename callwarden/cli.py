@@ -12,7 +12,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import IO, TYPE_CHECKING, Any, NoReturn
 
 from callwarden import cli_approvals
 from callwarden.extauthz.jsonrpc import BodyRejected, parse_body
@@ -120,12 +120,16 @@ def _command_check(args: argparse.Namespace) -> int:
     return EXIT_ALLOW if report["decision"] else EXIT_DENY
 
 
-def _wait_for_signal() -> None:
-    """Block until SIGTERM or SIGINT (Kubernetes stops pods with SIGTERM)."""
+def _stop_event() -> threading.Event:
+    """Set on SIGTERM or SIGINT (Kubernetes stops pods with SIGTERM)."""
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    stop.wait()
+    return stop
+
+
+def _wait_for_signal() -> None:
+    _stop_event().wait()
 
 
 def _remote_pdps() -> RemotePdpFactory:
@@ -139,12 +143,16 @@ def _remote_pdps() -> RemotePdpFactory:
 def _command_extauthz(args: argparse.Namespace) -> int:
     if args.kubernetes == bool(args.config):
         raise InputError("extauthz needs either --config or --kubernetes (not both)")
+    workers = _worker_count(args)
+    if workers > 1:
+        return _extauthz_supervisor(args, workers)
     if args.kubernetes:
         return _extauthz_from_kubernetes(args)
     from callwarden.extauthz.service import start_extauthz  # noqa: PLC0415 (grpc only when serving)
 
     desk = _approval_desk(args)
     bundle = load_bundle(args.config, remote_pdp=_remote_pdps(), approvals=desk)
+    audit_path, audit_stream = _decision_sink(args)
     with (
         _missions(args.missions) as missions,
         start_extauthz(
@@ -152,12 +160,14 @@ def _command_extauthz(args: argparse.Namespace) -> int:
             approvals=desk,
             listen=args.listen,
             http_listen=args.http_listen,
-            audit_path=args.audit_log,
-            workers=args.workers,
+            audit_path=audit_path,
+            audit_stream=audit_stream,
+            workers=args.grpc_threads,
             tls=_server_tls(args),
             http_authz_listen=args.http_authz_listen,
             dpop=_dpop_runtime(args),
             missions=missions,
+            reuse_port=args.supervised,
         ) as ext_authz,
     ):
         http_authz = ext_authz.http_authz
@@ -167,7 +177,7 @@ def _command_extauthz(args: argparse.Namespace) -> int:
             f"on {args.listen} (port {ext_authz.server.port}){also}",
             file=sys.stderr,
         )
-        _wait_for_signal()
+        _serve_until_stopped(args, ext_authz.server.http_port)
     return 0
 
 
@@ -240,6 +250,60 @@ def _dpop_runtime(args: argparse.Namespace) -> DpopRuntime | None:
         raise InputError(f"cannot load DPoP nonce keys from {args.dpop_nonce_key_file}: {error}") from error
 
 
+def _worker_count(args: argparse.Namespace) -> int:
+    from callwarden.extauthz.workers import MAX_WORKERS, cpu_limit  # noqa: PLC0415
+
+    if args.workers is None:
+        return min(cpu_limit(), MAX_WORKERS)
+    if not 1 <= args.workers <= MAX_WORKERS:
+        raise InputError(f"--workers must be between 1 and {MAX_WORKERS}, not {args.workers}")
+    return int(args.workers)
+
+
+def _extauthz_supervisor(args: argparse.Namespace, workers: int) -> int:
+    """`--workers N`, N > 1: this process runs N workers (callwarden.extauthz.workers)."""
+    from callwarden.extauthz.workers import Plan, WorkerFailed, run_supervisor  # noqa: PLC0415
+
+    _log_to_stderr()
+    if args.config:
+        load_bundle(args.config)  # a bad configuration is exit 2 here, not N failing workers
+    _server_tls(args)
+    _dpop_runtime(args)
+    plan = Plan(
+        args.argv,
+        workers,
+        listen=args.listen,
+        http_listen=args.http_listen,
+        http_authz_listen=args.http_authz_listen,
+        audit_path=args.audit_log,
+        share_dpop_nonce_key=not args.dpop_nonce_key_file,
+    )
+    try:
+        run_supervisor(plan, _stop_event())
+    except (WorkerFailed, OSError) as error:
+        raise InputError(str(error)) from error
+    return 0
+
+
+def _decision_sink(args: argparse.Namespace) -> tuple[str | None, IO[str] | None]:
+    """Where this process's decision log goes: the supervisor's pipe (a worker), or --audit-log."""
+    if args.decision_log_fd is None:
+        return args.audit_log, None
+    from callwarden.extauthz.workers import decision_stream  # noqa: PLC0415
+
+    return None, decision_stream(args.decision_log_fd)
+
+
+def _serve_until_stopped(args: argparse.Namespace, http_port: int | None) -> None:
+    stop = _stop_event()
+    if args.supervised:  # a worker: say where it serves, and stop when the supervisor is gone
+        from callwarden.extauthz.workers import announce, watch_lifeline  # noqa: PLC0415
+
+        watch_lifeline(stop)
+        announce(http_port)
+    stop.wait()
+
+
 def _server_tls(args: argparse.Namespace) -> ServerTls | None:
     from callwarden.extauthz.server import ServerTls  # noqa: PLC0415 (grpc only when serving)
 
@@ -259,25 +323,31 @@ def _extauthz_from_kubernetes(args: argparse.Namespace) -> int:
 
     _log_to_stderr()
     kube = Kube(new_api_client(args.kubeconfig))
+    audit_path, audit_stream = _decision_sink(args)
     with start_kubernetes_extauthz(
         kube,
         approvals=_approval_desk(args, kube),
         namespace=args.namespace,
         listen=args.listen,
         http_listen=args.http_listen,
-        audit_path=args.audit_log,
-        workers=args.workers,
+        audit_path=audit_path,
+        audit_stream=audit_stream,
+        workers=args.grpc_threads,
         tls=_server_tls(args),
         dpop=_dpop_runtime(args),
+        http_authz_listen=args.http_authz_listen,
+        reuse_port=args.supervised,
     ) as running:
         where = f"namespace {args.namespace}" if args.namespace else "all namespaces"
         revision, port = running.watcher.health().revision, running.ext_authz.server.port
+        http_authz = running.ext_authz.http_authz
+        also = f", HTTP ext_authz on port {http_authz.port}" if http_authz is not None else ""
         print(
             f"callwarden: ext_authz following bundle ConfigMaps in {where}, "
-            f"revision {revision}, on {args.listen} (port {port})",
+            f"revision {revision}, on {args.listen} (port {port}){also}",
             file=sys.stderr,
         )
-        _wait_for_signal()
+        _serve_until_stopped(args, running.http_port)
     return 0
 
 
@@ -395,7 +465,18 @@ def _add_serving_arguments(extauthz: argparse.ArgumentParser) -> None:
     _add_approval_arguments(extauthz)
     extauthz.add_argument("--http-listen", help="HOST:PORT for /metrics, /healthz and /readyz")
     _add_audit_and_missions(extauthz)
-    extauthz.add_argument("--workers", type=int, default=4, help="gRPC worker threads (default 4)")
+    extauthz.add_argument(
+        "--workers",
+        type=int,
+        help="worker processes sharing the ports (SO_REUSEPORT); default: the CPU limit "
+        "(cgroup cpu.max, else the CPU affinity)",
+    )
+    extauthz.add_argument(
+        "--grpc-threads", type=int, default=4, help="gRPC handler threads per worker (default 4)"
+    )
+    # Set by the supervisor on the command line of each worker it starts (callwarden.extauthz.workers).
+    extauthz.add_argument("--supervised", action="store_true", help=argparse.SUPPRESS)
+    extauthz.add_argument("--decision-log-fd", type=int, help=argparse.SUPPRESS)
     extauthz.add_argument(
         "--http-authz-listen",
         help="HOST:PORT: also serve Envoy's HTTP ext_authz (http_service) there, with the same decisions",
@@ -516,9 +597,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_audit_and_missions(gateway)
     gateway.add_argument(
         "--transport",
-        choices=("grpc", "http"),
-        default="grpc",
-        help="how Envoy asks callwarden: gRPC ext_authz (default) or HTTP ext_authz",
+        choices=("http", "grpc"),
+        default="http",
+        help="how Envoy asks callwarden: HTTP ext_authz (default) or gRPC ext_authz",
     )
     gateway.set_defaults(handler=_command_gateway)
 
@@ -539,7 +620,9 @@ def _add_demo_command(commands: Any) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv  # `extauthz --workers N` starts its workers with the same command line
     try:
         result: int = args.handler(args)
     except InputError as error:

@@ -1,5 +1,6 @@
 """The bench's entry point runs end to end in its smoke mode (a second per scenario, a Python
-client, no OPA) and writes its report. Nothing here depends on how fast anything was."""
+client, no OPA), the one- and two-worker pods included, and writes its report. Nothing here
+depends on how fast anything was."""
 
 from __future__ import annotations
 
@@ -32,5 +33,16 @@ def test_bench_smoke_mode_writes_a_report_covering_every_scenario(tmp_path: Path
         ("envoy-alone", "allowed")
     }
     assert all(run["requests"] > 0 and not run["errors"] for run in report["runs"])
+    # One pod with one and with two worker processes (`--workers`), over each transport; every
+    # request answered left its decision line in the pod's one log (probes and warm-up add more).
+    per_pod = {(row["transport"], row["workers"]): row for row in report["per_pod"]}
+    assert set(per_pod) == {(t, w) for t in ("http", "grpc") for w in (1, 2)}
+    assert all(row["requests"] > 0 and not row["errors"] for row in per_pod.values())
+    assert all(row["decisions_logged"] >= row["requests"] for row in per_pod.values())
+    targets = report["summary"]["targets"]
+    assert {"allowed checks per core of checker CPU, http (default)",
+            "allowed checks per core of checker CPU, grpc"} <= set(targets)  # fmt: skip
     assert report["stages"] and report["scale"] and report["profile"]
-    assert (tmp_path / "REPORT.md").read_text().startswith("# callwarden bench report")
+    rendered = (tmp_path / "REPORT.md").read_text()
+    assert rendered.startswith("# callwarden bench report")
+    assert "`--workers 1` against `--workers 2`" in rendered

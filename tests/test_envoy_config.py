@@ -121,7 +121,8 @@ def test_the_ext_authz_cluster_speaks_http2_to_the_given_address() -> None:
     options = cluster["typed_extension_protocol_options"][
         "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
     ]
-    assert options["explicit_http_config"] == {"http2_protocol_options": {}}
+    # More than 16 concurrent checks open another connection (spread over a pod's workers).
+    assert options["explicit_http_config"] == {"http2_protocol_options": {"max_concurrent_streams": 16}}
     endpoint = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
     assert endpoint["address"]["socket_address"] == {"address": "127.0.0.1", "port_value": 50051}
 

@@ -185,7 +185,63 @@ def test_extauthz_serves_grpc_and_probes_on_the_service_ports(
     ]
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
-    assert {(p["name"], p["port"]) for p in service["spec"]["ports"]} == {("grpc", 9001), ("http", 9090)}
+    assert {(p["name"], p["port"]) for p in service["spec"]["ports"]} == {
+        ("grpc", 9001),
+        ("authz-http", 9002),
+        ("http", 9090),
+    }
+
+
+def test_extauthz_runs_its_workers_and_serves_http_ext_authz_too(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    (deployment,) = of_kind(rendered["default"], "Deployment", "extauthz")
+    args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--http-authz-listen=0.0.0.0:9002" in args
+    assert "--workers=2" in args and "--grpc-threads=4" in args
+
+
+def test_workers_zero_leaves_the_count_to_the_cpu_limit(kube: Kube) -> None:
+    (deployment,) = of_kind(
+        objects(helm_template(kube, None, "--set", "extauthz.workers=0")), "Deployment", "extauthz"
+    )
+    args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert not [arg for arg in args if arg.startswith("--workers")]
+
+
+def _gateway_ext_authz(
+    rendered: list[dict[str, Any]],
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """The gateway bootstrap's HCM, ext_authz filter config and ext_authz cluster."""
+    (configmap,) = of_kind(rendered, "ConfigMap")
+    bootstrap = yaml.safe_load(configmap["data"]["envoy.yaml"])
+    hcm = bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    (cluster,) = [c for c in bootstrap["static_resources"]["clusters"] if c["name"] == "callwarden_ext_authz"]
+    return hcm, hcm["http_filters"][0]["typed_config"], cluster
+
+
+def test_the_gateway_asks_over_http_ext_authz_by_default(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    hcm, ext_authz, cluster = _gateway_ext_authz(rendered["gateway"])
+    assert "grpc_service" not in ext_authz
+    uri = ext_authz["http_service"]["server_uri"]["uri"]
+    assert uri == "http://callwarden-extauthz.callwarden-system.svc.cluster.local:9002"
+    assert "typed_extension_protocol_options" not in cluster  # HTTP/1.1, not HTTP/2
+    assert [m["status_code"] for m in hcm["local_reply_config"]["mappers"]] == [200]  # 299 -> 200
+
+
+def test_the_gateway_with_tls_asks_over_grpc(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    hcm, ext_authz, cluster = _gateway_ext_authz(rendered["tls"])
+    assert ext_authz["grpc_service"]["envoy_grpc"] == {"cluster_name": "callwarden_ext_authz"}
+    assert "http_service" not in ext_authz and "local_reply_config" not in hcm
+    endpoint = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
+    assert endpoint["address"]["socket_address"]["port_value"] == 9001
+
+
+def test_tls_with_the_http_transport_is_refused(kube: Kube) -> None:
+    settings = ["extauthz.tls.enabled=true", "extauthz.tls.secretName=s", "extauthz.transport=http"]
+    result = kube.run_helm("template", "callwarden", str(CHART), "--set", ",".join(settings), check=False)
+    assert result.returncode != 0
+    assert "extauthz.tls.enabled needs extauthz.transport=grpc" in result.stderr
 
 
 @pytest.mark.parametrize("variant", ["istio", "envoy-gateway", "gateway"], ids=str)

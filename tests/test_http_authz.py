@@ -264,6 +264,13 @@ def test_keep_alive_answers_pipelined_requests_in_order(direct: int) -> None:
         (b"POST  /finance HTTP/1.1\r\n\r\n", b"400"),
         (b"POST /finance HTTP/2\r\n\r\n", b"400"),
         (b"POST /finance HTTP/1.1\r\nx: " + b"a" * 70_000 + b"\r\n\r\n", b"431"),
+        (b"POST /finance HTTP/1.1\r\nx(y: z\r\n\r\n", b"400"),
+        (b"POST /finance HTTP/1.1\r\nx\xe9: z\r\n\r\n", b"400"),
+        (b"POST /finance HTTP/1.1\r\nx: a\x00b\r\n\r\n", b"400"),
+        (b"POST /finance HTTP/1.1\r\nx: a\ncontent-length: 5\r\n\r\n", b"400"),
+        (b"POST /finance HTTP/1.1\r\nx: a\rb\r\n\r\n", b"400"),
+        (b"POST /finance HTTP/1.1\r\n x: folded\r\n\r\n", b"400"),
+        (b"P\xc9ST /finance HTTP/1.1\r\n\r\n", b"400"),
     ],
     ids=[
         "duplicate-length",
@@ -275,6 +282,13 @@ def test_keep_alive_answers_pipelined_requests_in_order(direct: int) -> None:
         "double-space",
         "http2-version",
         "oversized-head",
+        "name-not-a-token",
+        "name-not-ascii",
+        "nul-in-value",
+        "bare-lf-smuggles-a-header",
+        "bare-cr",
+        "obs-fold",
+        "method-not-ascii",
     ],
 )
 def test_a_malformed_request_is_refused_and_the_connection_closed(

@@ -48,6 +48,7 @@ RESERVED_HEADER_PREFIX = "x-callwarden-"
 # 200 (a JSON-RPC error under deny_http_status 200, the default) travels from the checker as this
 # unassigned status, and the listener's local reply mapper turns it back into 200.
 DENIED_OK_STATUS = 299
+GRPC_STREAMS_PER_CONNECTION = 16
 # The filter-wide body limit applies to requests matching no McpServer route (they 404 anyway).
 DEFAULT_MAX_REQUEST_BYTES = 1_048_576
 # Streamable HTTP keeps GET (SSE) streams open and quiet for long stretches: no overall route
@@ -173,11 +174,15 @@ def grpc_cluster(name: str, address: str) -> dict[str, Any]:
         name,
         host,
         port,
-        # gRPC needs HTTP/2 upstream; one multiplexed connection per Envoy worker.
+        # gRPC needs HTTP/2 upstream. Past GRPC_STREAMS_PER_CONNECTION concurrent checks Envoy
+        # opens another connection: SO_REUSEPORT spreads connections, not streams, over a pod's
+        # workers (`--workers`), and one connection would send them all to one worker.
         typed_extension_protocol_options={
             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
                 "@type": _HTTP_OPTIONS_TYPE,
-                "explicit_http_config": {"http2_protocol_options": {}},
+                "explicit_http_config": {
+                    "http2_protocol_options": {"max_concurrent_streams": GRPC_STREAMS_PER_CONNECTION}
+                },
             }
         },
     )

@@ -48,6 +48,8 @@ MAX_HEAD_BYTES: Final = 64 * 1024
 MAX_BODY_BYTES: Final = 16 * 1024 * 1024
 _REASONS: Final = {200: "OK", 400: "Bad Request", 413: "Content Too Large", 431: "Headers Too Large"}
 _NO_EXTENSIONS: Final[dict[str, str]] = {}
+# RFC 9110 §5.6.2: a header name is one or more of these (no space, no colon, nothing else).
+_TOKEN: Final = frozenset("!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
 
 Decide = Callable[[RequestView], Answer]
 
@@ -60,18 +62,27 @@ class _BadRequest(Exception):
 
 def _head_of(block: bytes) -> tuple[str, str, bool, dict[str, str], int]:
     """Method, target, keep-alive, headers (lowercase names; repeats joined by ","), body length."""
-    lines = block.split(b"\r\n")
-    parts = lines[0].split(b" ")
-    if len(parts) != 3 or parts[2] not in (b"HTTP/1.1", b"HTTP/1.0") or not parts[0].isalpha():
+    # latin-1 is lossless (a byte is a character). One decode, then str methods that run in C:
+    # half the cost of splitting and checking bytes piece by piece (~5 against ~11 µs).
+    text = block.decode("latin-1")
+    lines = text.split("\r\n")
+    if "\x00" in text or not len(lines) - 1 == text.count("\r") == text.count("\n"):
+        raise _BadRequest(400, "a bare CR or LF, or a NUL, in the request head")
+    parts = lines[0].split(" ")
+    method = parts[0]
+    if (
+        len(parts) != 3
+        or parts[2] not in ("HTTP/1.1", "HTTP/1.0")
+        or not (method.isascii() and method.isalpha())
+    ):
         raise _BadRequest(400, "malformed request line")
     headers: dict[str, str] = {}
     for line in lines[1:]:
-        name, colon, value = line.partition(b":")
-        if not colon or not name or name != name.strip() or b" " in name or b"\t" in name:
+        name, colon, value = line.partition(":")
+        if not colon or not name or not _TOKEN.issuperset(name):
             raise _BadRequest(400, "malformed header line")
-        key = name.decode("latin-1").lower()
-        text = value.strip(b" \t").decode("latin-1")  # lossless: a byte is a character
-        headers[key] = f"{headers[key]},{text}" if key in headers else text
+        key, value = name.lower(), value.strip(" \t")
+        headers[key] = f"{headers[key]},{value}" if key in headers else value
     if "transfer-encoding" in headers:
         raise _BadRequest(400, "transfer-encoding is not accepted (Envoy sends Content-Length)")
     declared = headers.get("content-length", "0")
@@ -81,8 +92,8 @@ def _head_of(block: bytes) -> tuple[str, str, bool, dict[str, str], int]:
     if length > MAX_BODY_BYTES:
         raise _BadRequest(413, f"body over {MAX_BODY_BYTES} bytes")
     connection = headers.get("connection", "").lower()
-    keep_alive = connection != "close" if parts[2] == b"HTTP/1.1" else connection == "keep-alive"
-    return parts[0].decode(), parts[1].decode("latin-1"), keep_alive, headers, length
+    keep_alive = connection != "close" if parts[2] == "HTTP/1.1" else connection == "keep-alive"
+    return method, parts[1], keep_alive, headers, length
 
 
 def _clean(value: str) -> str:
@@ -170,6 +181,12 @@ class _Connection(asyncio.Protocol):
         self._transport = None
 
 
+def connection(decide: Decide) -> asyncio.Protocol:
+    """The protocol of one connection, outside a server: bench/stages.py feeds it requests to
+    measure the server's own work per request without a socket."""
+    return _Connection(decide, set())
+
+
 def _new_loop() -> asyncio.AbstractEventLoop:
     try:
         import uvloop  # noqa: PLC0415 (a dependency everywhere but Windows, which has none)
@@ -182,12 +199,15 @@ def _new_loop() -> asyncio.AbstractEventLoop:
 class HttpAuthzServer:
     """The HTTP ext_authz server on its own thread (one event loop). `stop()` ends it."""
 
-    def __init__(self, decide: Decide, listen: str) -> None:
+    def __init__(self, decide: Decide, listen: str, *, reuse_port: bool = False) -> None:
+        """`reuse_port`: share the port with other processes (SO_REUSEPORT, `--workers`)."""
         host, port = split_host_port(listen)
         self._loop = _new_loop()
         self._connections: set[asyncio.Transport | None] = set()
         self._server = self._loop.run_until_complete(
-            self._loop.create_server(lambda: _Connection(decide, self._connections), host, port)
+            self._loop.create_server(
+                lambda: _Connection(decide, self._connections), host, port, reuse_port=reuse_port
+            )
         )
         self.port: int = self._server.sockets[0].getsockname()[1]
         self._thread = threading.Thread(

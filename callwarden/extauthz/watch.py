@@ -342,6 +342,8 @@ def start_kubernetes_extauthz(
     tls: ServerTls | None = None,
     approvals: ApprovalDesk | None = None,
     dpop: DpopRuntime | None = None,
+    http_authz_listen: str | None = None,
+    reuse_port: bool = False,
 ) -> Iterator[KubernetesExtAuthz]:
     """ext_authz serving the bundle the API server holds, following it until the block exits.
 
@@ -374,6 +376,8 @@ def start_kubernetes_extauthz(
             missions=missions.book,
             approvals=approvals,
             dpop=dpop,
+            http_authz_listen=http_authz_listen,
+            reuse_port=reuse_port,
         ) as ext_authz,
     ):
         watcher.swap = ext_authz.swap
