@@ -75,6 +75,16 @@ def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
     return True
 
 
+def _enforced(sync: PollingSync, key: str, reference: str) -> bool:
+    """Whether ext_authz already binds calls to mission `key`, approved at `reference` (not merely
+    loaded: the poll may have read it between the proposal and the approval)."""
+    try:
+        sync.book.index.resolve(key, reference, datetime.now(UTC))
+    except MissionRejected:
+        return False
+    return True
+
+
 def _expanded(sync: PollingSync, key: str, reference: str) -> bool:
     """Whether ext_authz already enforces an approved expansion of mission `key`."""
     try:
@@ -123,7 +133,7 @@ def run_mission_story(
     header = f"{mission.key}; ref={reference}"
     print(f"\nmission {mission.key}: {mission.spec.purpose!r}", file=out)
     print(f"  approved once by {APPROVER} at {reference}", file=out)
-    if not wait_until(lambda: sync.book.index.get(mission.key) is not None):
+    if not wait_until(lambda: _enforced(sync, mission.key, reference)):
         return ["the approved mission never reached ext_authz"]
     expansion = ""
     for step in STORY:
