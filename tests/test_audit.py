@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -15,7 +16,7 @@ from typing import Any
 import orjson
 import pytest
 
-from callwarden.extauthz.audit import BACKLOG_WAIT, DecisionLog, new_decision_id
+from callwarden.extauthz.audit import BACKLOG_WAIT, DecisionLog, log_time, new_decision_id
 from callwarden.extauthz.metrics import REGISTRY
 
 CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
@@ -321,3 +322,42 @@ def test_decision_ids_sort_in_time_order() -> None:
     earlier = new_decision_id()
     time.sleep(0.002)
     assert earlier < new_decision_id()
+
+
+def test_decision_id_takes_its_time_from_the_given_clock_reading() -> None:
+    now_ns = 1_767_225_600_123_456_789  # 2026-01-01T00:00:00.123456789Z
+    assert decode_ulid(new_decision_id(now_ns)) >> 80 == now_ns // 1_000_000
+
+
+def test_decision_ids_stay_unique_across_refills_of_the_random_pool() -> None:
+    # Several hundred ids per refill: thousands cross many refills, and each draws fresh bits.
+    randoms = {decode_ulid(new_decision_id()) & (2**80 - 1) for _ in range(5_000)}
+    assert len(randoms) == 5_000
+
+
+def test_a_forked_child_draws_other_random_bits_than_its_parent() -> None:
+    new_decision_id()  # the pool now holds bits the parent has not handed out yet
+    reader, writer = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover (the child's side)
+        os.write(writer, str(decode_ulid(new_decision_id()) & (2**80 - 1)).encode())
+        os._exit(0)
+    os.close(writer)
+    os.waitpid(child, 0)
+    theirs = int(os.read(reader, 64))
+    os.close(reader)
+    assert theirs != decode_ulid(new_decision_id()) & (2**80 - 1)
+
+
+@pytest.mark.parametrize(
+    "now_ns",
+    [0, 999, 1_767_225_600_000_000_000, 1_767_225_600_999_999_999, 1_767_225_601_000_001_000],
+)
+def test_log_time_is_rfc3339_utc_with_microseconds(now_ns: int) -> None:
+    expected = datetime.fromtimestamp(0, UTC) + timedelta(microseconds=now_ns // 1000)
+    assert log_time(now_ns) == expected.isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def test_log_time_follows_the_clock_across_a_second_boundary() -> None:
+    assert log_time(1_767_225_600_999_999_000) == "2026-01-01T00:00:00.999999Z"
+    assert log_time(1_767_225_601_000_000_000) == "2026-01-01T00:00:01.000000Z"

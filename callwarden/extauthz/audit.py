@@ -202,12 +202,46 @@ class DecisionLog:
 _CROCKFORD: Final = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 _DIGIT_PAIRS: Final = tuple(high + low for high in _CROCKFORD for low in _CROCKFORD)
 _PAIR_SHIFTS: Final = tuple(range(120, -1, -10))
+# One getrandom(2) call per this many ids: a system call per id was ~40% of the id's cost.
+_RANDOM_PER_REFILL: Final = 256
+_RANDOM_BYTES: Final = 10  # a ULID's 80 random bits
+_random_pool: list[int] = []  # popped by any thread: list.pop is atomic, no id is handed out twice
+# A forked child must not hand out the ids its parent still holds (workers are spawned, not
+# forked, but a library that forks must not turn the audit trail's ids into duplicates).
+os.register_at_fork(after_in_child=_random_pool.clear)
 
 
-def new_decision_id() -> str:
+def _random_80_bits() -> int:
+    try:
+        return _random_pool.pop()
+    except IndexError:
+        block = os.urandom(_RANDOM_BYTES * _RANDOM_PER_REFILL)
+        _random_pool.extend(
+            int.from_bytes(block[at : at + _RANDOM_BYTES], "big")
+            for at in range(_RANDOM_BYTES, len(block), _RANDOM_BYTES)
+        )
+        return int.from_bytes(block[:_RANDOM_BYTES], "big")
+
+
+def new_decision_id(now_ns: int | None = None) -> str:
     """A ULID: 48 bits of Unix time in ms, then 80 random bits, as 26 Crockford base32 digits.
 
     Ids sort by time across replicas (to the millisecond) and are unique without coordination.
+    `now_ns` (time.time_ns()) lets the caller stamp its log line with the same clock reading.
     """
-    value = (time.time_ns() // 1_000_000) << 80 | int.from_bytes(os.urandom(10), "big")
+    stamp = (time.time_ns() if now_ns is None else now_ns) // 1_000_000
+    value = stamp << 80 | _random_80_bits()
     return "".join([_DIGIT_PAIRS[(value >> shift) & 0x3FF] for shift in _PAIR_SHIFTS])
+
+
+_second_stamp: tuple[int, str] = (-1, "")  # (Unix second, its RFC 3339 text): one strftime a second
+
+
+def log_time(now_ns: int) -> str:
+    """`now_ns` as the log line's RFC 3339 UTC time with microseconds (`...T12:00:00.123456Z`)."""
+    global _second_stamp  # noqa: PLW0603 (a one-entry cache; a racing thread rewrites the same value)
+    second, micros = divmod(now_ns // 1000, 1_000_000)
+    cached = _second_stamp
+    if cached[0] != second:
+        cached = _second_stamp = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
+    return f"{cached[1]}.{micros:06d}Z"

@@ -16,7 +16,6 @@ import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any, Final
 
 import orjson
@@ -24,7 +23,7 @@ from envoy.service.auth.v3.external_auth_pb2 import CheckRequest, CheckResponse
 
 from callwarden.extauthz import metrics, tasks
 from callwarden.extauthz.approvals import ApprovalDesk, Handled
-from callwarden.extauthz.audit import DecisionLog, new_decision_id
+from callwarden.extauthz.audit import DecisionLog, log_time, new_decision_id
 from callwarden.extauthz.credentials import Authenticated, Authenticator, Unauthenticated
 from callwarden.extauthz.dpop import DpopRuntime, DpopVerifier
 from callwarden.extauthz.extproc import HOOK_HEADER, Hooks, hook_mark
@@ -172,7 +171,8 @@ class Enforcer:
 
     def decide(self, request: RequestView) -> Answer:
         started = time.perf_counter()
-        decision_id = new_decision_id()
+        now_ns = time.time_ns()  # one clock reading for the decision id and the log line's time
+        decision_id = new_decision_id(now_ns)
         state = self._state
         try:
             outcome = self._decide(state, request)
@@ -182,7 +182,7 @@ class Enforcer:
             outcome.body = CHECKER_FAILED_BODY
             outcome.headers = dict(JSON_CONTENT_TYPE)
         latency = time.perf_counter() - started
-        self._record(decision_id, state.bundle.revision, outcome, latency)
+        self._record(decision_id, log_time(now_ns), state.bundle.revision, outcome, latency)
         if outcome.allowed:
             forged = tuple(
                 name
@@ -339,14 +339,14 @@ class Enforcer:
 
     # -- the log line -----------------------------------------------------------------
 
-    def _record(self, decision_id: str, revision: str, outcome: _Outcome, latency: float) -> None:
+    def _record(self, decision_id: str, when: str, revision: str, outcome: _Outcome, latency: float) -> None:
         decision = "allow" if outcome.allowed else "deny"
         code = outcome.code if outcome.code is not None else outcome.status
-        metrics.DECISIONS.labels(server=outcome.server or "", decision=decision, code=str(code)).inc()
+        metrics.count_decision(outcome.server or "", decision, str(code))
         metrics.CHECK_LATENCY.observe(latency)
         headline = _headline(outcome.verdicts)
         line: dict[str, Any] = {
-            "time": datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z"),
+            "time": when,
             "decision_id": decision_id,
             "server": outcome.server,
             "http_method": outcome.http_method,

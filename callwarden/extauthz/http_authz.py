@@ -158,7 +158,7 @@ class _Connection(asyncio.Protocol):
             answer = self._decide(view)
         except Exception:  # fail closed, keep serving
             log.exception("checker raised; request denied")
-            metrics.DECISIONS.labels(server="", decision="deny", code="403").inc()
+            metrics.count_decision("", "deny", "403")
             answer = Answer(False, 403, CHECKER_FAILED_BODY, {"content-type": "application/json"})
         assert self._transport is not None
         self._transport.write(_response(answer))

@@ -8,7 +8,7 @@ reason codes): nothing from a request body or a token becomes a label.
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Any, Final
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
@@ -20,6 +20,20 @@ DECISIONS: Final = Counter(
     ["server", "decision", "code"],
     registry=REGISTRY,
 )
+_decision_counters: dict[tuple[str, str, str], Any] = {}
+
+
+def count_decision(server: str, decision: str, code: str) -> None:
+    """DECISIONS{server, decision, code} += 1. The labelled child is looked up once per label
+    set (bounded: servers from configuration, two decisions, the codes): `labels()` builds
+    and locks per call, five times the cost of the increment itself."""
+    key = (server, decision, code)
+    counter = _decision_counters.get(key)
+    if counter is None:
+        counter = _decision_counters[key] = DECISIONS.labels(server=server, decision=decision, code=code)
+    counter.inc()
+
+
 # From a cached-token allow (tens of µs) to a remote PDP at its timeout.
 CHECK_LATENCY: Final = Histogram(
     "callwarden_check_latency_seconds",

@@ -78,7 +78,7 @@ class _AuthorizationService:
         except Exception:
             log.exception("checker raised; request denied")
             # Counted with the other decisions so callwarden's totals match Envoy's ext_authz stats.
-            metrics.DECISIONS.labels(server="", decision="deny", code="403").inc()
+            metrics.count_decision("", "deny", "403")
             return deny_response(403, CHECKER_FAILED_BODY)
 
 

@@ -31,12 +31,11 @@ import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any, Final
 
 from callwarden.authzen.client import RemoteAuthzenPdp
 from callwarden.extauthz import metrics
-from callwarden.extauthz.audit import DecisionLog, new_decision_id
+from callwarden.extauthz.audit import DecisionLog, log_time, new_decision_id
 from callwarden.extauthz.extproc import Exchange, HookFailure
 from callwarden.extauthz.jsonrpc import BodyRejected, parse_body, parse_value
 from callwarden.extauthz.mission import MissionBook
@@ -202,10 +201,11 @@ class ToolsListHook:
 
     def _record(self, exchange: Exchange, out: _Filtered, started: float, reason: str, message: str) -> None:
         removed = out.removed or []
+        now_ns = time.time_ns()
         self._log.record(
             {
-                "time": datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z"),
-                "decision_id": new_decision_id(),
+                "time": log_time(now_ns),
+                "decision_id": new_decision_id(now_ns),
                 "server": exchange.server.key,
                 "http_method": "POST",
                 "calls": [],
