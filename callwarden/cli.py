@@ -168,6 +168,7 @@ def _command_extauthz(args: argparse.Namespace) -> int:
             dpop=_dpop_runtime(args),
             missions=missions,
             reuse_port=args.supervised,
+            settle_heap=True,
         ) as ext_authz,
     ):
         http_authz = ext_authz.http_authz
@@ -337,6 +338,7 @@ def _extauthz_from_kubernetes(args: argparse.Namespace) -> int:
         dpop=_dpop_runtime(args),
         http_authz_listen=args.http_authz_listen,
         reuse_port=args.supervised,
+        settle_heap=True,
     ) as running:
         where = f"namespace {args.namespace}" if args.namespace else "all namespaces"
         revision, port = running.watcher.health().revision, running.ext_authz.server.port
@@ -398,6 +400,7 @@ def _command_gateway(args: argparse.Namespace) -> int:
             audit_path=args.audit_log,
             transport=args.transport,
             missions=missions,
+            settle_heap=True,
         ) as gateway,
     ):
         print(

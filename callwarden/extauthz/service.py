@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from callwarden.extauthz import heap
 from callwarden.extauthz.approvals import ApprovalCompletion, ApprovalDesk
 from callwarden.extauthz.audit import DecisionLog
 from callwarden.extauthz.decide import EnforcementState, Enforcer
@@ -38,6 +39,7 @@ class ExtAuthz:
     jwks: JwksStore
     dpop: DpopRuntime
     http_authz: HttpAuthzServer | None = None
+    settle_heap: bool = False  # heap.settle() after each swap: a serving process, not a test's
 
     @property
     def address(self) -> str:
@@ -53,6 +55,8 @@ class ExtAuthz:
     def swap(self, bundle: Bundle) -> None:
         """Enforce `bundle` from the next check on; in-flight checks finish on the old one."""
         self.enforcer.swap(EnforcementState.build(bundle, self.jwks, self.dpop))
+        if self.settle_heap:
+            heap.settle()
 
 
 ReadyCheck = Callable[[], tuple[bool, str]]
@@ -95,6 +99,7 @@ def start_extauthz(
     approvals: ApprovalDesk | None = None,
     missions: MissionBook | None = None,
     reuse_port: bool = False,
+    settle_heap: bool = False,
 ) -> Iterator[ExtAuthz]:
     """Serve Envoy's Check for `bundle` until the block exits; the decision log is flushed then.
 
@@ -111,6 +116,8 @@ def start_extauthz(
     cache; by default a random key, which only this process accepts nonces of.
     `missions` are the missions requests may bind to (extauthz.mission); none by default.
     `reuse_port` shares both ports with other processes (SO_REUSEPORT: `--workers`).
+    `settle_heap` freezes the long-lived heap once serving starts and after each swap
+    (`heap.settle`): for a process that serves until it stops, not for one that starts many.
     """
     with ExitStack() as stack:
         if jwks is None:
@@ -146,7 +153,9 @@ def start_extauthz(
         if http_authz_listen is not None:
             http_authz = HttpAuthzServer(enforcer.decide, http_authz_listen, reuse_port=reuse_port)
             stack.callback(http_authz.stop)
-        yield ExtAuthz(server, enforcer, decision_log, jwks, dpop, http_authz)
+        if settle_heap:
+            heap.settle()
+        yield ExtAuthz(server, enforcer, decision_log, jwks, dpop, http_authz, settle_heap)
 
 
 @dataclass
@@ -173,12 +182,13 @@ def start_gateway(
     hooks: Sequence[BodyHook] | None = None,
     approvals: ApprovalDesk | None = None,
     missions: MissionBook | None = None,
+    settle_heap: bool = False,
 ) -> Iterator[Gateway]:
     """Envoy on `port` in front of every McpServer's upstream, checking each request here.
 
     `transport` is how Envoy asks: "http" (Envoy's HTTP ext_authz, the default: it costs the
     checker ~2.5x less CPU than gRPC, see bench/README.md) or "grpc".
-    `missions` as for `start_extauthz`.
+    `missions` and `settle_heap` as for `start_extauthz`.
     """
     servers = [compiled.server for compiled in bundle.servers.values()]
     http_authz_listen = "127.0.0.1:0" if transport == "http" else None
@@ -191,6 +201,7 @@ def start_gateway(
         hooks=hooks,
         approvals=approvals,
         missions=missions,
+        settle_heap=settle_heap,
     ) as ext_authz:
         address = ext_authz.http_authz_address if transport == "http" else ext_authz.address
         bootstrap = render_bootstrap(

@@ -344,6 +344,7 @@ def start_kubernetes_extauthz(
     dpop: DpopRuntime | None = None,
     http_authz_listen: str | None = None,
     reuse_port: bool = False,
+    settle_heap: bool = False,
 ) -> Iterator[KubernetesExtAuthz]:
     """ext_authz serving the bundle the API server holds, following it until the block exits.
 
@@ -351,6 +352,7 @@ def start_kubernetes_extauthz(
     empty configuration when the API server could have told it the real one. gRPC health and
     /readyz also say whether a bundle was loaded from the API (`BundleWatcher.readiness`).
     `approvals` runs the approval workflow (its store: the AccessRequests of this API server).
+    `settle_heap` as for `start_extauthz`.
     """
     remote_pdps = RemotePdps(observer=metrics.PdpMetrics())
     authority = approvals.authority if approvals is not None else None
@@ -378,6 +380,7 @@ def start_kubernetes_extauthz(
             dpop=dpop,
             http_authz_listen=http_authz_listen,
             reuse_port=reuse_port,
+            settle_heap=settle_heap,
         ) as ext_authz,
     ):
         watcher.swap = ext_authz.swap
