@@ -9,6 +9,9 @@ CALLWARDEN_HTTP = "envoy+callwarden-http"
 DEFAULT_TRANSPORT = "http"  # what the chart's gateway and `callwarden gateway` use
 CEILING = "envoy-alone"
 OPA = "envoy+opa"
+OWN_CORE = " (own core)"  # the checker alone on its cores, Envoy with the load generator (run.own_core)
+TRIVIAL_HTTP = "envoy+trivial http ext_authz"  # callwarden's HTTP server, a prebuilt allow
+ENVOY_AS_CHECKER = "envoy+envoy as http ext_authz"  # a second Envoy answering 200: no Python
 TARGET_ADDED_P99_MS = 1.0
 TARGET_CHECKS_PER_CORE = 5_000
 TARGET_RULES_FLATNESS = 2.0
@@ -70,14 +73,20 @@ def _per_core(results: dict[str, Any], system: str) -> int | None:
     return round(1e6 / min(cpus)) if cpus else None
 
 
-def _added_latency(results: dict[str, Any], system: str) -> dict[str, Any] | None:
-    """p50/p99 over Envoy alone, both open loop at half of `system`'s own maximum allowed rate."""
+def _added_latency(results: dict[str, Any], system: str, placement: str = "") -> dict[str, Any] | None:
+    """p50/p99 over Envoy alone (in the same placement), both open loop at half of `system`'s
+    own maximum allowed rate (in that placement)."""
     at_rate = [r for r in results["runs"] if r["scenario"] == "allowed-at-rate"]
-    ours = next((r for r in at_rate if r["system"] == system), None)
+    ours = next((r for r in at_rate if r["system"] == system + placement), None)
     if ours is None:
         return None
     ceiling = next(
-        (r for r in at_rate if r["system"] == CEILING and r.get("target_rps") == ours.get("target_rps")), None
+        (
+            r
+            for r in at_rate
+            if r["system"] == CEILING + placement and r.get("target_rps") == ours.get("target_rps")
+        ),
+        None,
     )
     if ceiling is None:
         return None
@@ -97,9 +106,11 @@ def _added_latency(results: dict[str, Any], system: str) -> dict[str, Any] | Non
 def _targets(results: dict[str, Any]) -> dict[str, Any]:
     targets: dict[str, Any] = {}
     for system, transport in _transports():
-        latency = _added_latency(results, system)
-        if latency is not None:
-            targets[f"added latency at half of its max, {transport}"] = latency
+        # The deployment's placement is the target; the shared core is the conservative case.
+        for placement, where in ((OWN_CORE, "checker on its own core"), ("", "checker on Envoy's core")):
+            latency = _added_latency(results, system, placement)
+            if latency is not None:
+                targets[f"added latency at half of its max, {transport}, {where}"] = latency
         per_core = _per_core(results, system)
         if per_core is not None:
             targets[f"allowed checks per core of checker CPU, {transport}"] = {
@@ -180,6 +191,7 @@ def render(results: dict[str, Any]) -> str:
         ["target", "measured", "goal", "met"],
         [[name, t["value"], t["target"], "yes" if t["met"] else "**no**"] for name, t in targets.items()],
     )
+    out += _open_loop(results)
     out += ["## End to end", ""]
     rows = []
     for r in results["runs"]:
@@ -255,6 +267,45 @@ def render(results: dict[str, Any]) -> str:
     out += _stages(results.get("stages")) + _scale(results.get("scale")) + _profile(results.get("profile"))
     out += _profile_live(results.get("profile_live"))
     return "\n".join(out).rstrip() + "\n"
+
+
+def _open_loop(results: dict[str, Any]) -> list[str]:
+    """Every open-loop run against Envoy alone at the same rate in the same placement: the
+    targets' rows, OPA's, and the floors (ext_authz checkers that decide nothing)."""
+    at_rate = [r for r in results["runs"] if r["scenario"] == "allowed-at-rate"]
+    rows = []
+    for run in at_rate:
+        placement = OWN_CORE if run["system"].endswith(OWN_CORE) else ""
+        if run["system"] == CEILING + placement:
+            continue
+        ceiling = next(
+            (
+                r
+                for r in at_rate
+                if r["system"] == CEILING + placement and r.get("target_rps") == run.get("target_rps")
+            ),
+            None,
+        )
+        if ceiling is None:
+            continue
+        rows.append(
+            [
+                run["system"],
+                run.get("target_rps"),
+                run["p50_ms"],
+                run["p99_ms"],
+                ceiling["p50_ms"],
+                ceiling["p99_ms"],
+                round(run["p50_ms"] - ceiling["p50_ms"], 2),
+                round(run["p99_ms"] - ceiling["p99_ms"], 2),
+            ]
+        )
+    if not rows:
+        return []
+    out = ["### Open loop: added latency over Envoy alone at the same rate and placement", ""]
+    header = ["system", "rate req/s", "p50 ms", "p99 ms", "Envoy alone p50", "Envoy alone p99", "added p50",
+              "added p99"]  # fmt: skip
+    return out + _table(header, rows)
 
 
 def _stages(stages: dict[str, Any] | None) -> list[str]:

@@ -14,12 +14,13 @@ import http.client
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
@@ -46,7 +47,7 @@ from harness import (  # noqa: E402
     write_config,
 )
 from load import LoadResult, Request, have, run_h2load_rate, run_python, run_wrk  # noqa: E402
-from transport import start_checker, use_http_ext_authz  # noqa: E402
+from transport import start_checker  # noqa: E402
 
 from callwarden.demo.issuers import LocalIssuer, RunningIssuers, start_issuers  # noqa: E402
 from callwarden.extauthz.envoy import EnvoyProcess, envoy_binary  # noqa: E402
@@ -368,6 +369,8 @@ def main(argv: list[str] | None = None) -> int:
         inputs.cached_token = inputs.mint()
         runner = Runner(mode, inputs, sut_cpus, load_cpus)
         measure_systems(runner, results, opa_binary)
+        print("bench: the latency target's placement: the checker on a core of its own", flush=True)
+        own_core(runner, results)
         print("bench: workers per pod", flush=True)
         results["per_pod"] = per_pod(runner, inputs, workdir)
         if mode.extras:
@@ -440,6 +443,107 @@ def measure_systems(runner: Runner, results: dict[str, Any], opa_binary: str | N
         runs += runner.measure(system, envoy.url, SCENARIOS[:1], meters, {}, concurrencies=(16, 64))
 
 
+def own_core(runner: Runner, results: dict[str, Any]) -> None:
+    """The deployment's placement: the checker alone on the system-under-test cores, Envoy with
+    the load generator on theirs (also for Envoy alone). The chart runs Envoy (the gateway
+    Deployment) and ext_authz (its own Deployment) as separate pods, so a check crosses from
+    one process's core to another's; in the main runs both share one core and every check
+    also waits for the scheduler to switch between them.
+
+    Per transport the closed-loop maximum here, then open loop at half of it, beside Envoy alone
+    and two floors at the default transport's rate (`floors`): every system is started first,
+    then `ROUNDS` rounds run each of them in turn, so that a slow minute of a shared machine
+    hits them all alike; the rows kept are each system's medians over the rounds."""
+    inputs, workdir = runner.inputs, runner.inputs.workdir
+    checker_cpus, envoy_cpus = runner.sut_cpus, runner.load_cpus
+    runs: list[dict[str, Any]] = results["runs"]
+    targets: list[tuple[str, str, float]] = []  # (system, url, rate) of each open-loop run
+    with ExitStack() as stack:
+        for system, transport in ((report.CALLWARDEN_HTTP, "http"), (report.CALLWARDEN, "grpc")):
+            name = system + report.OWN_CORE
+            service = start_callwarden(
+                inputs.config_dir, workdir / f"own-{transport}", cpus=checker_cpus, transport=transport
+            )
+            cw = stack.enter_context(running(service))
+            envoy_dir = workdir / f"envoy-own-{transport}"
+            envoy = stack.enter_context(envoy_for(cw.addresses, envoy_dir, envoy_cpus, transport))
+            meters: dict[str, Callable[[], float]] = {"ext_authz": cw.cpu, "envoy": partial(envoy_cpu, envoy)}
+            concurrencies = tuple(c for c in runner.mode.concurrencies if c > 1)
+            mine = runner.measure(name, envoy.url, CEILING, meters, {}, concurrencies=concurrencies)
+            runs += mine
+            targets.append((name, envoy.url, round(0.5 * max(r["rps"] for r in mine))))
+        rates = {name: rate for name, _, rate in targets}
+        results["rate_for_latency_target"] |= rates
+        ceiling = stack.enter_context(envoy_for([], workdir / "envoy-own-ceiling", envoy_cpus))
+        targets += [
+            (report.CEILING + report.OWN_CORE, ceiling.url, rate) for rate in sorted(set(rates.values()))
+        ]
+        floor_rate = rates[report.CALLWARDEN_HTTP + report.OWN_CORE]
+        targets += [(name, url, floor_rate) for name, url in floors(stack, workdir, checker_cpus, envoy_cpus)]
+        rounds: list[dict[str, Any]] = []
+        for number in range(ROUNDS[runner.mode.name]):
+            for system, url, rate in targets:
+                for row in runner.at_rate(system, url, rate):
+                    rounds.append({**row, "round": number})
+    results["own_core_rounds"] = rounds
+    runs += medians(rounds)
+
+
+# Rounds of the own-core open-loop runs, per mode (smoke runs none: it has no open-loop generator).
+ROUNDS = {"full": 3, "quick": 2, "smoke": 1}
+
+
+def floors(
+    stack: ExitStack, workdir: Path, checker_cpus: set[int] | None, envoy_cpus: set[int] | None
+) -> list[tuple[str, str]]:
+    """Two HTTP ext_authz checkers that decide nothing, each behind the gateway's Envoy (HTTP
+    ext_authz bootstrap) in the own-core placement: callwarden's HTTP server answering a
+    prebuilt allow (bench/transport.py), and a second Envoy answering 200 from a direct
+    response (C++, no Python at all). What they add is what any ext_authz round trip adds
+    here, whatever the checker decides. (system, url) of each."""
+    servers = list(load_config([EXAMPLE]).servers.values())
+    checker = stack.enter_context(running(start_checker("http", checker_cpus)))
+    python_floor = start_envoy(
+        envoy_bootstrap(servers, checker.addresses, "http"), workdir / "floor-py", envoy_cpus
+    )
+    stack.callback(python_floor.stop)
+    # The ceiling's bootstrap answers the check request itself: Envoy's HTTP ext_authz keeps the
+    # original Host and path, which its route answers with a 200 direct response.
+    answering = start_envoy(envoy_bootstrap(servers, []), workdir / "floor-envoy-checker", checker_cpus)
+    stack.callback(answering.stop)
+    address = answering.url.removeprefix("http://")
+    envoy_floor = start_envoy(
+        envoy_bootstrap(servers, [address], "http"), workdir / "floor-envoy", envoy_cpus
+    )
+    stack.callback(envoy_floor.stop)
+    return [
+        (report.TRIVIAL_HTTP + report.OWN_CORE, python_floor.url),
+        (report.ENVOY_AS_CHECKER + report.OWN_CORE, envoy_floor.url),
+    ]
+
+
+def medians(rounds: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (system, rate): the median of each latency percentile and of the rate over
+    the rounds, with the rounds' p99s for the record."""
+    grouped: dict[tuple[str, Any], list[dict[str, Any]]] = {}
+    for row in rounds:
+        grouped.setdefault((row["system"], row.get("target_rps")), []).append(row)
+    rows = []
+    for same in grouped.values():
+        row = {key: value for key, value in same[0].items() if key != "round"}
+        for key in ("rps", "p50_ms", "p90_ms", "p99_ms", "max_ms"):
+            row[key] = statistics.median(r[key] for r in same)
+        row["requests"] = sum(r["requests"] for r in same)
+        row["errors"] = {}
+        for each in same:
+            for kind, count in each["errors"].items():
+                row["errors"][kind] = row["errors"].get(kind, 0) + count
+        row["rounds"] = len(same)
+        row["p99_ms_by_round"] = [r["p99_ms"] for r in same]
+        rows.append(row)
+    return rows
+
+
 def extras(runner: Runner, inputs: Inputs, workdir: Path) -> dict[str, Any]:
     """gRPC handler threads of one ext_authz process (pinned like the main runs; 4 is the
     default), allowed calls with a cached token at concurrency 64; the per-pod runs; the
@@ -506,9 +610,7 @@ def transport_comparison(runner: Runner, workdir: Path) -> list[dict[str, Any]]:
     for kind in ("grpc", "http"):
         checker = start_checker(kind, runner.sut_cpus)
         with running(checker):
-            bootstrap = envoy_bootstrap(servers, checker.addresses)
-            if kind == "http":
-                use_http_ext_authz(bootstrap, checker.addresses[0])
+            bootstrap = envoy_bootstrap(servers, checker.addresses, kind)
             envoy = start_envoy(bootstrap, workdir / f"envoy-transport-{kind}", runner.sut_cpus)
             try:
                 meters: dict[str, Callable[[], float]] = {
