@@ -264,7 +264,8 @@ def render(results: dict[str, Any]) -> str:
                 for r in transport
             ],
         )  # fmt: skip
-    out += _stages(results.get("stages")) + _scale(results.get("scale")) + _profile(results.get("profile"))
+    out += _stages(results.get("stages"), results.get("stages_note"))
+    out += _scale(results.get("scale")) + _profile(results.get("profile"))
     out += _profile_live(results.get("profile_live"))
     return "\n".join(out).rstrip() + "\n"
 
@@ -308,10 +309,12 @@ def _open_loop(results: dict[str, Any]) -> list[str]:
     return out + _table(header, rows)
 
 
-def _stages(stages: dict[str, Any] | None) -> list[str]:
+def _stages(stages: dict[str, Any] | None, note: str | None = None) -> list[str]:
     if not stages:
         return []
     out = ["## Per-stage costs in process (CPU µs per operation, median)", ""]
+    if note:  # a re-run of stages.py alone replaced the run's own (report.json says why)
+        out += [f"Note: {note}.", ""]
     out += _table(["stage", "µs"], [[k, v] for k, v in stages["stages"].items()])
     out += _table(["whole check", "µs"], [[k, v] for k, v in stages["whole_check"].items()])
     return out
