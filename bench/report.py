@@ -80,14 +80,7 @@ def _added_latency(results: dict[str, Any], system: str, placement: str = "") ->
     ours = next((r for r in at_rate if r["system"] == system + placement), None)
     if ours is None:
         return None
-    ceiling = next(
-        (
-            r
-            for r in at_rate
-            if r["system"] == CEILING + placement and r.get("target_rps") == ours.get("target_rps")
-        ),
-        None,
-    )
+    ceiling = _ceiling_at(at_rate, placement, ours.get("target_rps"))
     if ceiling is None:
         return None
     added = round(ours["p99_ms"] - ceiling["p99_ms"], 3)
@@ -101,6 +94,13 @@ def _added_latency(results: dict[str, Any], system: str, placement: str = "") ->
         "target": f"added p99 <= {TARGET_ADDED_P99_MS} ms (and added p50 too)",
         "met": added <= TARGET_ADDED_P99_MS and added_p50 <= TARGET_ADDED_P99_MS,
     }
+
+
+def _ceiling_at(at_rate: list[dict[str, Any]], placement: str, rate: Any) -> dict[str, Any] | None:
+    """Envoy alone's open-loop run in `placement` at the target rate `rate`, if there is one."""
+    return next(
+        (r for r in at_rate if r["system"] == CEILING + placement and r.get("target_rps") == rate), None
+    )
 
 
 def _targets(results: dict[str, Any]) -> dict[str, Any]:
@@ -279,14 +279,7 @@ def _open_loop(results: dict[str, Any]) -> list[str]:
         placement = OWN_CORE if run["system"].endswith(OWN_CORE) else ""
         if run["system"] == CEILING + placement:
             continue
-        ceiling = next(
-            (
-                r
-                for r in at_rate
-                if r["system"] == CEILING + placement and r.get("target_rps") == run.get("target_rps")
-            ),
-            None,
-        )
+        ceiling = _ceiling_at(at_rate, placement, run.get("target_rps"))
         if ceiling is None:
             continue
         rows.append(

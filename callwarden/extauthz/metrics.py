@@ -8,7 +8,7 @@ reason codes): nothing from a request body or a token becomes a label.
 
 from __future__ import annotations
 
-from typing import Any, Final
+from typing import Final
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
@@ -20,7 +20,7 @@ DECISIONS: Final = Counter(
     ["server", "decision", "code"],
     registry=REGISTRY,
 )
-_decision_counters: dict[tuple[str, str, str], Any] = {}
+_decision_counters: dict[tuple[str, str, str], Counter] = {}
 
 
 def count_decision(server: str, decision: str, code: str) -> None:
